@@ -107,8 +107,10 @@ class RegisterRequest:
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> RegisterRequest:
         flt = obj.get("filter") or []
-        if not isinstance(flt, list) or len(flt) > 64 or not all(
-            isinstance(k, str) and 0 < len(k) <= 256 for k in flt
+        if (
+            not isinstance(flt, list)
+            or len(flt) > 64
+            or not all(isinstance(k, str) and 0 < len(k) <= 256 for k in flt)
         ):
             raise BadRequest("field 'filter' must be a list of query keys")
         pattern = _str(obj, "pattern", "p2p", 16)

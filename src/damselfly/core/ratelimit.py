@@ -33,8 +33,10 @@ class TokenBucket:
             self.burst = 0.0
             self.tokens = 0.0
             return
+        was_unlimited = self.burst == 0.0
         self.burst = burst if burst is not None else max(self._rate / 10, 64 * 1024)
-        self.tokens = min(self.tokens, self.burst)
+        # a new limit starts with a full bucket; a changed one keeps what it had
+        self.tokens = self.burst if was_unlimited else min(self.tokens, self.burst)
 
     def _refill(self) -> None:
         now = self.clock.now()

@@ -52,9 +52,13 @@ def parse_duration(text: str | int | float, what: str = "duration") -> float:
     if len(s) > 32:
         raise ConfigError(f"invalid {what}: {text!r}", "use e.g. 30s, 3m, 1h")
     try:
-        return float(s)
+        value = float(s)
     except ValueError:
         pass
+    else:
+        if value < 0:
+            raise ConfigError(f"invalid {what}: {text!r}", "must not be negative")
+        return value
     total = 0.0
     pos = 0
     for m in _DUR_RE.finditer(s):

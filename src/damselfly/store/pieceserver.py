@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from damselfly.core.errors import BadRequest
 from damselfly.core.ids import validate_task_id
@@ -47,7 +48,7 @@ class SendfileResponse(web.StreamResponse):
         self.content_type = "application/octet-stream"
         self.content_length = loc.size
 
-    async def prepare(self, request: web.BaseRequest):  # type: ignore[no-untyped-def]
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         loop = asyncio.get_running_loop()
         fd = await loop.run_in_executor(None, os.open, self.loc.path, os.O_RDONLY)
         try:

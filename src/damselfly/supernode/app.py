@@ -1,0 +1,371 @@
+"""The supernode's I/O shell: HTTP API, piece server, and the glue between CDN and scheduler.
+
+Decisions live in ``damselfly.scheduler`` (pure) and fetching/caching in ``cdn``; this module
+only turns HTTP requests into calls on them, wakes long-polling peers when something changed, and
+runs the background loops (expiry, disk GC) tied to the application's lifetime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from damselfly import __version__
+from damselfly.core.clock import Clock, MonotonicClock
+from damselfly.core.errors import (
+    BadRequest,
+    DamselflyError,
+    NoSpaceError,
+    OriginAuthError,
+    OriginError,
+    OriginNotFound,
+)
+from damselfly.core.ids import redact_url, task_id, validate_peer_id, validate_task_id
+from damselfly.core.protocol import (
+    STATUS_WAIT,
+    PieceSource,
+    RegisterRequest,
+    RegisterResponse,
+    ScheduleRequest,
+    error_body,
+    loads_bounded,
+)
+from damselfly.scheduler import Scheduler, SchedulerConfig
+from damselfly.store.pieceserver import PieceServer
+from damselfly.supernode.cdn import CDN, CDNConfig
+from damselfly.supernode.config import SupernodeConfig
+from damselfly.supernode.metrics import SupernodeMetrics
+
+log = logging.getLogger("damselfly.supernode")
+
+EXPIRE_INTERVAL = 1.0  # seconds between scheduler expiry sweeps (cheap: bounded by state size)
+DISK_GC_INTERVAL = 15.0  # v1's disk GC interval
+MAX_BODY = 256 * 1024
+
+
+def _status_for(err: DamselflyError) -> int:
+    if isinstance(err, BadRequest):
+        return 400
+    if isinstance(err, OriginNotFound):
+        return 404
+    if isinstance(err, OriginAuthError):
+        return err.status if err.status in (401, 403) else 401
+    if isinstance(err, NoSpaceError):
+        return 507
+    if isinstance(err, OriginError):
+        return 502
+    return 500
+
+
+class Supernode:
+    """One supernode: owns the scheduler, the CDN, and the wake-ups of long-polling peers."""
+
+    def __init__(self, config: SupernodeConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or MonotonicClock()
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                up_limit=config.up_limit,
+                down_limit=config.down_limit,
+                peer_gc_delay=config.peer_gc_delay,
+                task_expire=config.task_expire_time,
+            ),
+            self.clock,
+            random.Random(),
+            PieceSource(
+                id="supernode",
+                kind="supernode",
+                ip=config.advertise_ip,
+                port=config.download_port,
+            ),
+        )
+        self.cdn = CDN(
+            CDNConfig(
+                home=config.home_dir,
+                rate=config.cdn_rate,
+                pattern=config.cdn_pattern,
+            ),
+            self,
+            self.clock,
+        )
+        self.metrics = SupernodeMetrics(self)
+        self.piece_server = PieceServer(self.cdn, on_served=self._on_served)
+        self._changed: dict[str, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ---- CDN listener: forward to the scheduler, wake waiting peers ------------------------
+    def piece_ready(self, tid: str, num: int, digest: str) -> None:
+        if self.scheduler.has_task(tid):
+            self.scheduler.piece_ready(tid, num, digest)
+            self._wake(tid)
+
+    def piece_lost(self, tid: str, num: int) -> None:
+        if self.scheduler.has_task(tid):
+            self.scheduler.piece_lost(tid, num)
+
+    def task_complete(self, tid: str, file_sha256: str) -> None:
+        if self.scheduler.has_task(tid):
+            self.scheduler.task_complete(tid, file_sha256)
+            self._wake(tid)
+
+    def task_failed(self, tid: str, error: DamselflyError) -> None:
+        log.warning("task %s failed at the origin: %s", tid[:12], error)
+        if self.scheduler.has_task(tid):
+            self.scheduler.task_failed(tid, error.code, str(error))
+            self._wake(tid)
+
+    def task_reset(self, tid: str, length: int, piece_size: int) -> None:
+        log.info("task %s changed at the origin; starting over", tid[:12])
+        if self.scheduler.has_task(tid):
+            self.scheduler.reset_task(tid, length, piece_size)
+            self._wake(tid)
+
+    def _wake(self, tid: str) -> None:
+        ev = self._changed.pop(tid, None)
+        if ev is not None:
+            ev.set()
+
+    def _on_served(self, tid: str, num: int, size: int) -> None:
+        self.metrics.piece_bytes_served.inc(size)
+
+    # ---- background work ------------------------------------------------------------------
+    def spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRE_INTERVAL)
+            report = self.scheduler.expire()
+            for tid in getattr(report, "idle_tasks", []):
+                self.scheduler.remove_task(tid)
+                self._wake(tid)
+                log.info("task %s idle: dropped from memory (cache kept on disk)", tid[:12])
+
+    async def _disk_gc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(DISK_GC_INTERVAL)
+            try:
+                removed = await self.cdn.gc_once(self.scheduler.has_task)
+            except OSError as e:
+                log.warning("disk GC failed: %s", e)
+                continue
+            for tid in removed:
+                log.info("disk GC removed cached task %s", tid[:12])
+
+    async def _suspects(self) -> None:
+        for tid, num in self.scheduler.drain_suspects():
+            try:
+                bad = await self.cdn.report_bad(tid, num)
+            except DamselflyError as e:
+                log.warning("re-verifying piece %d of %s failed: %s", num, tid[:12], e)
+                continue
+            if bad:
+                log.warning("cached piece %d of task %s was corrupt; refetching", num, tid[:12])
+
+    async def on_startup(self, app: web.Application) -> None:
+        await self.cdn.start()
+        self.spawn(self._expire_loop(), "supernode-expire")
+        self.spawn(self._disk_gc_loop(), "supernode-disk-gc")
+
+    async def on_cleanup(self, app: web.Application) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.cdn.close()
+
+    # ---- HTTP handlers --------------------------------------------------------------------
+    async def ping(self, request: web.Request) -> web.Response:
+        return web.Response(text="OK")
+
+    async def version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": __version__, "component": "supernode"})
+
+    async def register(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        req = RegisterRequest.from_json(loads_bounded(await request.read()))
+        tid = task_id(req.url, req.filter, req.md5, req.identifier)
+        try:
+            ct = await self.cdn.ensure(tid, req.url, req.headers)
+        except DamselflyError as e:
+            self.metrics.registrations.labels(result=e.code).inc()
+            raise
+        if not self.scheduler.has_task(tid):
+            self.scheduler.add_task(tid, ct.length, ct.piece_size, self.config.cdn_pattern)
+            self._sync_from_cdn(tid)
+        self.scheduler.add_peer(tid, req.peer, req.pattern)
+        self.metrics.registrations.labels(result="ok").inc()
+        self.metrics.register_latency.observe(time.perf_counter() - started)
+        log.info(
+            "peer %s registered for task %s (%s, %d bytes)",
+            req.peer.id,
+            tid[:12],
+            redact_url(req.url),
+            ct.length,
+        )
+        resp = RegisterResponse(
+            task_id=tid,
+            length=ct.length,
+            piece_size=ct.piece_size,
+            piece_count=ct.piece_count,
+            cdn_pattern=self.config.cdn_pattern,
+        )
+        return web.json_response(resp.to_json())
+
+    def _sync_from_cdn(self, tid: str) -> None:
+        """A task new to the scheduler learns what the CDN already holds (e.g. a cache hit)."""
+        for num, digest in self.cdn.ready_pieces(tid):
+            self.scheduler.piece_ready(tid, num, digest)
+        ct = self.cdn.get(tid)
+        if ct is not None and ct.complete:
+            self.scheduler.task_complete(tid, ct.file_sha256)
+
+    async def schedule(self, request: web.Request) -> web.Response:
+        tid = validate_task_id(request.match_info["task_id"])
+        req = ScheduleRequest.from_json(loads_bounded(await request.read()))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + req.wait_ms / 1000
+        results = req.results
+        while True:
+            t0 = time.perf_counter()
+            resp = self.scheduler.schedule(tid, req.peer_id, results, req.want)
+            self.metrics.schedule_latency.observe(time.perf_counter() - t0)
+            if results:
+                if any(r.ok for r in results):
+                    self._wake(tid)  # a new holder, freed upload slots: others may get work
+                self.spawn(self._suspects(), "supernode-suspects")
+            results = []
+            left = deadline - loop.time()
+            if resp.status != STATUS_WAIT or left <= 0:
+                break
+            ev = self._changed.setdefault(tid, asyncio.Event())
+            try:
+                await asyncio.wait_for(ev.wait(), left)
+            except TimeoutError:
+                pass
+        return web.json_response(resp.to_json())
+
+    async def leave_task(self, request: web.Request) -> web.Response:
+        tid = validate_task_id(request.match_info["task_id"])
+        body = loads_bounded(await request.read())
+        pid = validate_peer_id(body.get("peer_id", ""))
+        self.scheduler.leave_task(tid, pid)
+        self._wake(tid)
+        return web.json_response({"ok": True})
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        pid = validate_peer_id(request.match_info["peer_id"])
+        self.scheduler.heartbeat(pid)
+        return web.json_response({"ok": True})
+
+    async def leave_peer(self, request: web.Request) -> web.Response:
+        pid = validate_peer_id(request.match_info["peer_id"])
+        self.scheduler.remove_peer(pid)
+        for tid in list(self._changed):
+            self._wake(tid)
+        return web.json_response({"ok": True})
+
+    async def list_tasks(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"tasks": [self._task_json(v) for v in self.scheduler.tasks_view()]}
+        )
+
+    async def get_task(self, request: web.Request) -> web.Response:
+        tid = validate_task_id(request.match_info["task_id"])
+        view = self.scheduler.task_view(tid)
+        ct = self.cdn.get(tid)
+        if view is None and ct is None:
+            return web.json_response(error_body("not_found", "no such task"), status=404)
+        out = self._task_json(view or {"task_id": tid})
+        return web.json_response(out)
+
+    def _task_json(self, view: dict[str, Any]) -> dict[str, Any]:
+        out = dict(view)
+        ct = self.cdn.get(out.get("task_id", ""))
+        if ct is not None:
+            out["cdn"] = {
+                "url": ct.url,  # already redacted by the CDN
+                "length": ct.length,
+                "pieces_ready": ct.pieces_ready,
+                "complete": ct.complete,
+                "failed": ct.failed,
+                "file_sha256": ct.file_sha256,
+                "cache_hit": ct.cache_hit,
+            }
+        return out
+
+    async def list_peers(self, request: web.Request) -> web.Response:
+        return web.json_response({"peers": self.scheduler.peers_view()})
+
+    async def metrics_handler(self, request: web.Request) -> web.Response:
+        body, ctype = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": ctype})
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Errors from the vocabulary become JSON answers; nothing else leaks a traceback."""
+    try:
+        return await handler(request)
+    except DamselflyError as e:
+        return web.json_response(error_body(e.code, str(e)), status=_status_for(e))
+    except web.HTTPException:
+        raise
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return web.json_response(
+            error_body("internal", "internal error; see the supernode log"), status=500
+        )
+
+
+def make_api_app(node: Supernode) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app.router.add_get("/_ping", node.ping)
+    app.router.add_get("/version", node.version)
+    app.router.add_get("/metrics", node.metrics_handler)
+    app.router.add_post("/api/v1/register", node.register)
+    app.router.add_post("/api/v1/tasks/{task_id}/schedule", node.schedule)
+    app.router.add_post("/api/v1/tasks/{task_id}/leave", node.leave_task)
+    app.router.add_post("/api/v1/peers/{peer_id}/heartbeat", node.heartbeat)
+    app.router.add_post("/api/v1/peers/{peer_id}/leave", node.leave_peer)
+    app.router.add_get("/api/v1/tasks", node.list_tasks)
+    app.router.add_get("/api/v1/tasks/{task_id}", node.get_task)
+    app.router.add_get("/api/v1/peers", node.list_peers)
+    app.on_startup.append(node.on_startup)
+    app.on_cleanup.append(node.on_cleanup)
+    return app
+
+
+def make_piece_app(node: Supernode) -> web.Application:
+    app = web.Application(middlewares=[error_middleware])
+    app.add_routes(node.piece_server.routes())
+    return app
+
+
+async def serve(config: SupernodeConfig) -> tuple[Supernode, list[web.AppRunner]]:
+    """Start both ports; returns the runners (call ``cleanup()`` on them to stop)."""
+    node = Supernode(config)
+    runners = []
+    for app, port in (
+        (make_api_app(node), config.port),
+        (make_piece_app(node), config.download_port),
+    ):
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, config.listen, port, reuse_address=True)
+        await site.start()
+        runners.append(runner)
+    return node, runners
