@@ -49,6 +49,8 @@ class SendfileResponse(web.StreamResponse):
         self.content_length = loc.size
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:  # aiohttp prepares a handler's response again when finishing it
+            return await super().prepare(request)
         loop = asyncio.get_running_loop()
         fd = await loop.run_in_executor(None, os.open, self.loc.path, os.O_RDONLY)
         try:

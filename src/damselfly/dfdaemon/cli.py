@@ -1,0 +1,219 @@
+"""The ``dfdaemon`` command. For now it runs the host's peer engine in the foreground; the
+registry-mirror / HTTP proxy on ``port`` comes with a later issue.
+
+``dfdaemon [--config FILE] [--home DIR] [--port N] [--node host:port]``. The YAML config uses
+v1's keys (``port``, ``registry_mirror``, ``proxies``, ``hijack_https``, ``node`` or
+``supernodes``, ``dfget_flags``, ``ratelimit``, ``localrepo``, ``verbose``); an unknown key is an
+error naming it. ``dfget_flags`` are dfget flags: the engine ones (``--port`` for the engine's
+peer port, ``--ip``, ``--home``, ``--totallimit``, ``--expiretime``) configure the engine; the
+download ones (``-f`` filters, ``-s``…) are checked now and used by the mirror later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from damselfly.core.errors import ConfigError
+from damselfly.core.nodes import parse_nodes
+from damselfly.core.units import parse_rate
+from damselfly.dfget.options import build_parser as build_dfget_parser
+from damselfly.peer.config import EngineConfig, config_from_args, validate_port
+
+DEFAULT_PORT = 65001
+DEFAULT_CONFIG = "/etc/dragonfly/dfdaemon.yml"
+KNOWN_KEYS = (
+    "port",
+    "registry_mirror",
+    "proxies",
+    "hijack_https",
+    "node",
+    "supernodes",
+    "dfget_flags",
+    "ratelimit",
+    "localrepo",
+    "verbose",
+)
+MAX_CONFIG = 1024 * 1024
+
+
+@dataclass
+class DaemonConfig:
+    port: int = DEFAULT_PORT
+    nodes: list[str] = field(default_factory=list)
+    dfget_flags: list[str] = field(default_factory=list)
+    ratelimit: int | None = None  # per-download rate (v1: becomes dfget's --locallimit)
+    localrepo: str = ""
+    verbose: bool = False
+    registry_mirror: dict[str, Any] = field(default_factory=dict)
+    proxies: list[dict[str, Any]] = field(default_factory=list)
+    hijack_https: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_daemon_config(obj: Any, path: str = "config") -> DaemonConfig:
+    """Validate a dfdaemon.yml mapping (already YAML-decoded)."""
+    if obj is None:
+        return DaemonConfig()
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{path} must be a mapping of keys to values")
+    for key in obj:
+        if key not in KNOWN_KEYS:
+            raise ConfigError(
+                f"unknown key {key!r} in {path}", f"known keys: {', '.join(KNOWN_KEYS)}"
+            )
+    if "node" in obj and "supernodes" in obj:
+        raise ConfigError(f"{path} sets both 'node' and 'supernodes'", "keep one of them")
+    nodes = obj.get("node", obj.get("supernodes")) or []
+    if isinstance(nodes, str):
+        nodes = [nodes]
+    if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+        raise ConfigError(f"'node' in {path} must be a list of host[:port][=weight]")
+    parse_nodes(nodes)
+    flags = obj.get("dfget_flags") or []
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        raise ConfigError(f"'dfget_flags' in {path} must be a list of strings")
+    cfg = DaemonConfig(
+        port=validate_port(obj["port"], "port") if obj.get("port") is not None else DEFAULT_PORT,
+        nodes=list(nodes),
+        dfget_flags=list(flags),
+        ratelimit=parse_rate(obj.get("ratelimit"), "ratelimit"),
+        localrepo=_path(obj, "localrepo", path),
+        verbose=_bool(obj, "verbose", path),
+        registry_mirror=_mapping(obj, "registry_mirror", path),
+        proxies=_list_of_mappings(obj, "proxies", path),
+        hijack_https=_mapping(obj, "hijack_https", path),
+    )
+    return cfg
+
+
+def _path(obj: dict[str, Any], key: str, path: str) -> str:
+    v = obj.get(key)
+    if v is None:
+        return ""
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"'{key}' in {path} must be a directory path")
+    return v
+
+
+def _bool(obj: dict[str, Any], key: str, path: str) -> bool:
+    v = obj.get(key, False)
+    if not isinstance(v, bool):
+        raise ConfigError(f"'{key}' in {path} must be true or false")
+    return v
+
+
+def _mapping(obj: dict[str, Any], key: str, path: str) -> dict[str, Any]:
+    v = obj.get(key) or {}
+    if not isinstance(v, dict):
+        raise ConfigError(f"'{key}' in {path} must be a mapping")
+    return v
+
+
+def _list_of_mappings(obj: dict[str, Any], key: str, path: str) -> list[dict[str, Any]]:
+    v = obj.get(key) or []
+    if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
+        raise ConfigError(f"'{key}' in {path} must be a list of mappings")
+    return v
+
+
+def load_daemon_config(path: str | None) -> DaemonConfig:
+    """``--config FILE`` (must exist), else /etc/dragonfly/dfdaemon.yml when present."""
+    if path is None:
+        if not os.path.exists(DEFAULT_CONFIG):
+            return DaemonConfig()
+        path = DEFAULT_CONFIG
+    try:
+        with open(path, "rb") as f:
+            text = f.read(MAX_CONFIG + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}", "check --config") from e
+    if len(text) > MAX_CONFIG:
+        raise ConfigError(f"config {path} is larger than {MAX_CONFIG} bytes")
+    try:
+        obj = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    return parse_daemon_config(obj, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="dfdaemon",
+        description="Damselfly host daemon: runs this host's peer engine in the foreground.",
+    )
+    ap.add_argument("--config", help=f"YAML config (default {DEFAULT_CONFIG} when present)")
+    ap.add_argument("--home", help="the engine's work home (default ~/.small-dragonfly)")
+    ap.add_argument("--port", help=f"the proxy port (default {DEFAULT_PORT})")
+    ap.add_argument("--node", action="append", default=[], help="supernode host[:port]")
+    ap.add_argument("--verbose", action="store_true", help="debug logging")
+    return ap
+
+
+class _FlagError(Exception):
+    pass
+
+
+class _QuietParser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise _FlagError(message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    ns = ap.parse_args(argv)
+    try:
+        cfg = load_daemon_config(ns.config)
+        if ns.port is not None:
+            cfg.port = validate_port(ns.port, "--port")
+        if ns.node:
+            cfg.nodes = [n for item in ns.node for n in item.split(",") if n.strip()]
+            parse_nodes(cfg.nodes)
+        if ns.verbose:
+            cfg.verbose = True
+        engine_cfg = engine_config(cfg, ns.home)
+    except ConfigError as e:
+        ap.error(str(e))
+    if cfg.registry_mirror or cfg.proxies or cfg.hijack_https:
+        print(
+            "dfdaemon: registry_mirror/proxies/hijack_https are accepted but the proxy is not "
+            f"served yet; running the peer engine of {engine_cfg.home}",
+            file=sys.stderr,
+        )
+    from damselfly.peer.engine import run_engine
+
+    return run_engine(engine_cfg)
+
+
+def engine_config(cfg: DaemonConfig, home: str | None) -> EngineConfig:
+    """The engine's config from ``dfget_flags`` (checked like dfget would); ``--home`` wins.
+
+    A daemon's engine never exits when idle.
+    """
+    quiet = _QuietParser(prog="dfget_flags", add_help=False)
+    for action in build_dfget_parser()._actions:  # dfget's flags, errors raised not exiting
+        if action.option_strings and "-h" not in action.option_strings:
+            quiet._add_action(action)
+    try:
+        ns = quiet.parse_args(cfg.dfget_flags)
+    except _FlagError as e:
+        raise ConfigError(f"invalid dfget_flags: {e}") from e
+    for flag, value in (("-s", ns.locallimit), ("--minrate", ns.minrate)):
+        if value is not None:
+            parse_rate(value, f"{flag} in dfget_flags")
+    if ns.url or ns.output:
+        raise ConfigError("dfget_flags must not set --url or --output", "dfdaemon sets them")
+    if home:
+        ns.home = home
+    if cfg.verbose:
+        ns.verbose = True
+    ns.alivetime = "0"
+    return config_from_args(ns, foreground=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,525 @@
+"""One download, driven end to end: register → schedule/fetch/verify/write → whole-file check →
+atomic output; failover between supernodes; back source; a result with a v1 reason code.
+
+The decisions about pieces live in ``plan.DownloadPlan``; this module does the I/O it asks for.
+Errors end here as a ``DownloadResult`` whose message says what happened and what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from damselfly.core.clock import Clock
+from damselfly.core.errors import (
+    REASON_DOWNLOAD_ERROR,
+    REASON_MD5_MISMATCH,
+    REASON_NO_SPACE,
+    REASON_NO_SUPERNODE,
+    REASON_NONE,
+    REASON_REGISTER_FAIL,
+    REASON_SOURCE_ERROR,
+    REASON_USER_SOURCE,
+    DamselflyError,
+    IntegrityError,
+    NoSpaceError,
+    OriginError,
+    PieceFetchError,
+)
+from damselfly.core.ids import redact_url, sha256_in_url, task_id
+from damselfly.core.nodes import Node, rendezvous_order
+from damselfly.core.pieces import PiecePlan
+from damselfly.core.protocol import (
+    STATUS_DONE,
+    STATUS_FAILED,
+    STATUS_WAIT,
+    PeerInfo,
+    PieceAssignment,
+    RegisterRequest,
+    RegisterResponse,
+    ScheduleRequest,
+)
+from damselfly.core.ratelimit import AsyncLimiter
+from damselfly.peer.backsource import back_source
+from damselfly.peer.fetch import OriginAccess, PieceFetcher, ssl_for
+from damselfly.peer.net import local_ip_for
+from damselfly.peer.output import check_output_dir, check_room, place, same_filesystem
+from damselfly.peer.plan import DownloadPlan
+from damselfly.peer.request import DownloadRequest, compute_timeout
+from damselfly.peer.snclient import Rejected, SupernodeClient, SupernodeDown, TaskLost
+from damselfly.peer.store import LocalStore, TaskData
+from damselfly.peer.tasks import TaskOwner
+from damselfly.peer.wholefile import Expected, PrefixHasher, expected_digest
+
+log = logging.getLogger("damselfly.peer.download")
+
+LONG_POLL_MS = 2000
+#: with pieces in flight and room for more, ask the scheduler again this often
+REASK_S = 0.5
+MIN_RETRY_S = 0.1
+MAX_RETRY_S = 2.0
+#: once every piece is here, how many more schedule calls to wait for the file's digest
+FINAL_POLLS = 3
+PROGRESS_EVERY_S = 0.1
+_ORIGIN_FINAL = ("origin_not_found", "origin_auth")
+
+
+@dataclass
+class Services:
+    """What a download needs from its engine (one per engine process)."""
+
+    session: aiohttp.ClientSession
+    supernodes: SupernodeClient
+    store: LocalStore
+    total_limiter: AsyncLimiter
+    clock: Clock
+    peer_id: str
+    peer_port: int
+    ip: str = ""  # --ip; "" = discover per supernode
+    seen_ip: str = ""  # the address last given to a supernode
+    hostname: str = field(default_factory=socket.gethostname)
+    stall_timeout: float = 5.0
+    long_poll_ms: int = LONG_POLL_MS
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    #: called when a task was registered at a supernode (heartbeats and leave go there)
+    on_registered: Callable[[Node, TaskData], None] = lambda node, td: None
+
+
+@dataclass(slots=True)
+class DownloadResult:
+    ok: bool
+    reason: int
+    message: str
+    length: int = 0
+    cost: float = 0.0
+    bytes_from: dict[str, int] = field(
+        default_factory=lambda: {"origin": 0, "supernode": 0, "peers": 0}
+    )
+
+    def event(self) -> dict[str, Any]:
+        return {
+            "event": "result",
+            "ok": self.ok,
+            "reason": self.reason,
+            "message": self.message,
+            "length": self.length,
+            "cost": round(self.cost, 3),
+            "bytes_from": dict(self.bytes_from),
+        }
+
+
+class BackSource(Exception):
+    """The swarm cannot deliver: go to the origin (unless --notbs) with this v1 reason."""
+
+    def __init__(self, reason: int, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class Fatal(Exception):
+    """The download fails with this reason; the origin would not help."""
+
+    def __init__(self, reason: int, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+class Download:
+    def __init__(self, svc: Services, req: DownloadRequest, emit: Emit) -> None:
+        self.svc = svc
+        self.req = req
+        self.emit = emit
+        self.tid = task_id(req.url, req.filter, req.md5, req.identifier)
+        self.url_sha256 = sha256_in_url(req.url)
+        self.task_limiter = AsyncLimiter(req.locallimit, svc.clock) if req.locallimit else None
+        self.limiters: list[AsyncLimiter | None] = [self.task_limiter, svc.total_limiter]
+        self.bytes_from = {"origin": 0, "supernode": 0, "peers": 0}
+        self.length = 0
+        self._deadline: asyncio.Timeout | None = None
+        self._started = svc.clock.now()
+        self._last_progress = 0.0
+        self.origin = OriginAccess(req.url, req.headers)
+
+    # -- entry -----------------------------------------------------------------------------
+
+    async def run(self) -> DownloadResult:
+        start = self._started
+        try:
+            self.origin.ssl = ssl_for(self.req.cacerts, self.req.insecure)
+            async with asyncio.timeout(self.req.timeout) as cm:
+                self._deadline = cm
+                reason = await self._run()
+            return DownloadResult(
+                True, reason, "ok", self.length, self.svc.clock.now() - start, self.bytes_from
+            )
+        except Fatal as f:
+            return self._fail(f.reason, f.message)
+        except TimeoutError:
+            if self._deadline is None or not self._deadline.expired():
+                raise
+            return self._fail(
+                REASON_DOWNLOAD_ERROR,
+                f"download timed out after {self.svc.clock.now() - start:.0f}s: "
+                "raise --timeout (or lower --minrate) or check the network",
+            )
+        except DamselflyError as e:
+            return self._fail(REASON_DOWNLOAD_ERROR, str(e))
+        except Exception as e:
+            log.exception("download of %s failed unexpectedly", redact_url(self.req.url))
+            return self._fail(
+                REASON_DOWNLOAD_ERROR,
+                f"internal error ({e.__class__.__name__}): see the engine log under --home/logs",
+            )
+
+    def _fail(self, reason: int, message: str) -> DownloadResult:
+        log.info("download of %s failed: %s", redact_url(self.req.url), message)
+        return DownloadResult(
+            False,
+            reason,
+            message,
+            self.length,
+            self.svc.clock.now() - self._started,
+            self.bytes_from,
+        )
+
+    async def _run(self) -> int:
+        await asyncio.to_thread(check_output_dir, self.req.output)
+        if self.req.pattern == "source":
+            await self._back_source(REASON_USER_SOURCE, "")
+            return REASON_USER_SOURCE
+        try:
+            await self._swarm()
+            return REASON_NONE
+        except BackSource as bs:
+            if self.req.notbs:
+                raise Fatal(
+                    bs.reason,
+                    f"{bs.message}; not downloading from the origin because --notbs was given "
+                    "(check the supernodes, or drop --notbs)",
+                ) from None
+            self._say(f"downloading from the origin: {bs.message}")
+            await self._back_source(bs.reason, bs.message)
+            return bs.reason
+
+    # -- back source -----------------------------------------------------------------------
+
+    async def _back_source(self, reason: int, why: str) -> None:
+        expected = [e for e in (expected_digest(self.req.md5, None, ""),) if e is not None]
+        if self.url_sha256:
+            expected.append(Expected("sha256", self.url_sha256, "the sha256 in the URL"))
+        after = f" (after the swarm failed: {why})" if why else ""
+        try:
+            self.length = await back_source(
+                self.svc.session,
+                self.origin,
+                self.req.output,
+                expected,
+                self.limiters,
+                self._origin_progress,
+            )
+        except NoSpaceError as e:
+            raise Fatal(REASON_NO_SPACE, str(e)) from None
+        except IntegrityError as e:
+            raise Fatal(REASON_MD5_MISMATCH, str(e)) from None
+        except OriginError as e:
+            raise Fatal(REASON_SOURCE_ERROR, f"{e}{after}") from None
+        self.bytes_from["origin"] += self.length
+
+    def _origin_progress(self, done: int, total: int | None) -> None:
+        self._progress(done, total if total is not None else -1, force=done == total)
+
+    # -- the swarm -------------------------------------------------------------------------
+
+    async def _swarm(self) -> None:
+        nodes = rendezvous_order(self.tid, self.req.node_list())
+        if not nodes:
+            raise BackSource(REASON_NO_SUPERNODE, "no supernode was given (use --node)")
+        lock = self.svc.locks.setdefault(self.tid, asyncio.Lock())
+        if lock.locked():
+            self._say("another download of the same file runs on this host; waiting for it")
+        try:
+            async with lock:
+                await self._swarm_locked(nodes)
+        finally:
+            if not lock.locked() and self.svc.locks.get(self.tid) is lock:
+                del self.svc.locks[self.tid]
+
+    async def _swarm_locked(self, nodes: list[Node]) -> None:
+        registered = False
+        problems: list[str] = []
+        for node in nodes:
+            for _attempt in range(3):  # a supernode that forgot the task gets another register
+                try:
+                    reg = await self._register(node)
+                except SupernodeDown as e:
+                    problems.append(str(e.message))
+                    self._say(f"supernode {node.addr} did not answer; trying the next one")
+                    break
+                except Rejected as e:
+                    msg = f"supernode {node.addr} refused the download: {e.message}"
+                    if e.code in _ORIGIN_FINAL:
+                        raise Fatal(REASON_SOURCE_ERROR, _origin_hint(msg, e.code)) from None
+                    raise BackSource(REASON_REGISTER_FAIL, msg) from None
+                registered = True
+                try:
+                    await self._download_from(node, reg)
+                    return
+                except SupernodeDown as e:
+                    problems.append(str(e.message))
+                    self._say(f"supernode {node.addr} stopped answering; trying the next one")
+                    break
+                except TaskLost as e:
+                    self._say(f"{e.message}; registering again")
+                    continue
+        if registered:
+            raise BackSource(
+                REASON_DOWNLOAD_ERROR, f"every supernode failed ({'; '.join(problems[-2:])})"
+            )
+        raise BackSource(REASON_NO_SUPERNODE, f"no supernode answered ({'; '.join(problems[-2:])})")
+
+    async def _register(self, node: Node) -> RegisterResponse:
+        ip = self.svc.ip or await local_ip_for(node.host, node.port)
+        peer = PeerInfo(self.svc.peer_id, ip, self.svc.peer_port, self.svc.hostname[:255])
+        req = RegisterRequest(
+            url=self.req.url,
+            peer=peer,
+            filter=list(self.req.filter),
+            md5=self.req.md5,
+            identifier=self.req.identifier,
+            headers=dict(self.req.headers),
+            pattern=self.req.pattern,
+            callsystem=self.req.callsystem,
+        )
+        reg = await self.svc.supernodes.register(node, req)
+        self.svc.seen_ip = ip
+        if PiecePlan(reg.length, reg.piece_size).count != reg.piece_count:
+            raise SupernodeDown(f"supernode {node.addr} sent an inconsistent piece count")
+        self.length = reg.length
+        if self._deadline is not None and not self.req.timeout:
+            t = compute_timeout(None, self.req.minrate, reg.length)
+            if t is not None:
+                self._deadline.reschedule(self._loop_time_at(self._started + t))
+        self._say(
+            f"registered at supernode {node.addr}: {reg.length} bytes in {reg.piece_count} "
+            f"pieces of {reg.piece_size}"
+        )
+        return reg
+
+    def _loop_time_at(self, clock_time: float) -> float:
+        return asyncio.get_running_loop().time() + (clock_time - self.svc.clock.now())
+
+    async def _download_from(self, node: Node, reg: RegisterResponse) -> None:
+        store = self.svc.store
+        if reg.task_id != self.tid:
+            log.warning(
+                "supernode %s names the task %s (we computed %s)",
+                node.addr,
+                reg.task_id[:12],
+                self.tid[:12],
+            )
+        out_dir = os.path.dirname(self.req.output)
+        try:
+            td = await store.open_task(
+                reg.task_id, reg.length, reg.piece_size, upload=self.req.pattern != "cdn"
+            )
+        except NoSpaceError as e:
+            raise BackSource(REASON_NO_SPACE, str(e)) from None
+        try:
+            if not await asyncio.to_thread(same_filesystem, td.path, out_dir):
+                try:
+                    await asyncio.to_thread(check_room, out_dir, reg.length, "the output")
+                except NoSpaceError as e:
+                    raise Fatal(REASON_NO_SPACE, str(e)) from None
+            self.svc.on_registered(node, td)
+            plan, hasher = await self._piece_loop(node, reg, td)
+            try:
+                await self._check_whole(td, plan, hasher)
+            finally:
+                await hasher.close()
+            try:
+                how = await asyncio.to_thread(place, td.path, self.req.output)
+            except NoSpaceError as e:
+                raise Fatal(REASON_NO_SPACE, str(e)) from None
+            log.info("placed %s (%s) from task %s", self.req.output, how, td.task_id[:12])
+        finally:
+            await store.release(td)
+
+    async def _piece_loop(
+        self, node: Node, reg: RegisterResponse, td: TaskData
+    ) -> tuple[DownloadPlan, PrefixHasher]:
+        svc = self.svc
+        plan = DownloadPlan.start(PiecePlan(reg.length, reg.piece_size), td.held)
+        fetcher = PieceFetcher(
+            svc.session, reg.task_id, self.origin, self.limiters, svc.stall_timeout
+        )
+        hasher = self._hasher(td, plan)
+        changed = asyncio.Event()
+        fatal: list[BaseException] = []
+        fetches = TaskOwner(f"dl-{reg.task_id[:8]}")
+        known_locally = bool(self.req.md5 or self.url_sha256)
+        final_polls = 0
+        ok = False
+        try:
+            while True:
+                if fatal:
+                    raise fatal[0]
+                if (num := plan.gave_up()) is not None:
+                    raise BackSource(
+                        REASON_DOWNLOAD_ERROR,
+                        f"piece {num} failed {plan.failures[num]} times from the sources offered",
+                    )
+                if plan.finished(known_locally) or (plan.complete and final_polls >= FINAL_POLLS):
+                    break
+                if plan.complete and not plan.in_flight:
+                    final_polls += 1
+                results = plan.take_results()
+                sreq = ScheduleRequest(
+                    svc.peer_id, results, plan.want(), plan.wait_ms(svc.long_poll_ms)
+                )
+                asked = svc.clock.now()
+                try:
+                    resp = await svc.supernodes.schedule(node, reg.task_id, sreq)
+                except Rejected as e:
+                    raise BackSource(
+                        REASON_DOWNLOAD_ERROR, f"supernode {node.addr} refused: {e.message}"
+                    ) from None
+                if resp.status == STATUS_FAILED:
+                    msg = f"the supernode could not get the file: {resp.message or resp.error_code}"
+                    if resp.error_code in _ORIGIN_FINAL:
+                        raise Fatal(REASON_SOURCE_ERROR, _origin_hint(msg, resp.error_code))
+                    raise BackSource(REASON_SOURCE_ERROR, msg)
+                decision = plan.on_response(resp)
+                if decision.stale:
+                    self._say("the local copy is from an older version of the file; dropping it")
+                    await fetches.close()
+                    await hasher.close()
+                    await svc.store.reset(td)
+                    plan.drop_local_copy()
+                    hasher = self._hasher(td, plan)
+                    decision = plan.on_response(resp)
+                for a in decision.fetch:
+                    fetches.spawn(
+                        self._fetch_one(fetcher, plan, td, a, hasher, changed, fatal),
+                        name=f"piece-{a.num}",
+                    )
+                if resp.status == STATUS_DONE and not plan.complete and not plan.in_flight:
+                    raise BackSource(
+                        REASON_DOWNLOAD_ERROR, "the supernode ended the task with pieces missing"
+                    )
+                if plan.in_flight:
+                    if not changed.is_set():
+                        try:
+                            async with asyncio.timeout(REASK_S if plan.want() else None):
+                                await changed.wait()
+                        except TimeoutError:
+                            pass
+                    changed.clear()
+                elif resp.status == STATUS_WAIT and not plan.results:
+                    # After a long poll the supernode held, ask again at once (it answers as
+                    # soon as something changes); after an early "wait", back off as told.
+                    held_s = svc.clock.now() - asked
+                    if held_s < 0.8 * sreq.wait_ms / 1000:
+                        await asyncio.sleep(
+                            min(MAX_RETRY_S, max(MIN_RETRY_S, resp.retry_ms / 1000))
+                        )
+            ok = True
+            return plan, hasher
+        finally:
+            await fetches.close()
+            for k, v in plan.bytes_from.items():
+                self.bytes_from[k] += v
+            if not ok:
+                await hasher.close()
+
+    def _hasher(self, td: TaskData, plan: DownloadPlan) -> PrefixHasher:
+        hasher = PrefixHasher(
+            "md5" if self.req.md5 else "sha256", td.fd, plan.pieces, lambda n: n in td.held
+        )
+        hasher.start(f"hash-{td.task_id[:8]}")
+        return hasher
+
+    async def _fetch_one(
+        self,
+        fetcher: PieceFetcher,
+        plan: DownloadPlan,
+        td: TaskData,
+        a: PieceAssignment,
+        hasher: PrefixHasher,
+        changed: asyncio.Event,
+        fatal: list[BaseException],
+    ) -> None:
+        try:
+            buf = await fetcher.fetch(a)
+            await self.svc.store.write_piece(td, a.num, buf, a.digest)
+        except PieceFetchError as e:
+            log.info("piece %d from %s failed: %s", a.num, a.source.id, e.message)
+            plan.on_piece(a.num, False, e.kind)
+        except IntegrityError:
+            log.warning("piece %d from %s failed its digest check", a.num, a.source.id)
+            plan.on_piece(a.num, False, "digest")
+        except NoSpaceError as e:
+            plan.on_piece(a.num, False, "other")
+            fatal.append(BackSource(REASON_NO_SPACE, str(e)))
+        except OSError as e:
+            plan.on_piece(a.num, False, "other")
+            fatal.append(
+                BackSource(REASON_DOWNLOAD_ERROR, f"could not write the data file: {e.strerror}")
+            )
+        else:
+            log.debug("piece %d from %s (%s) verified", a.num, a.source.id, a.source.kind)
+            plan.on_piece(a.num, True, nbytes=a.size)
+            hasher.poke()
+            self._progress(plan.held_bytes, plan.pieces.length, force=plan.complete)
+        finally:
+            changed.set()
+
+    async def _check_whole(self, td: TaskData, plan: DownloadPlan, hasher: PrefixHasher) -> None:
+        exp = expected_digest(self.req.md5, self.url_sha256, plan.file_sha256)
+        if exp is None:
+            log.warning(
+                "task %s: no whole-file digest known; every piece was verified", td.task_id[:12]
+            )
+            return
+        if exp.algo == "sha256" and td.file_sha256 == exp.hexdigest:
+            return  # this very data file was verified before and never rewritten since
+        got = await hasher.result()
+        if got != exp.hexdigest:
+            await self.svc.store.reset(td)
+            raise BackSource(
+                REASON_MD5_MISMATCH,
+                f"the downloaded file's {exp.algo} is {got}, but {exp.origin} says {exp.hexdigest}",
+            )
+        if exp.algo == "sha256":
+            td.file_sha256 = got
+
+    # -- events to the client --------------------------------------------------------------
+
+    def _say(self, message: str) -> None:
+        log.info("%s: %s", self.tid[:12], message)
+        self.emit({"event": "log", "message": message})
+
+    def _progress(self, done: int, total: int, force: bool = False) -> None:
+        now = self.svc.clock.now()
+        if not force and now - self._last_progress < PROGRESS_EVERY_S:
+            return
+        self._last_progress = now
+        self.emit({"event": "progress", "completed": done, "total": total})
+
+
+def _origin_hint(message: str, code: str) -> str:
+    hint = "pass the right credentials with --header" if code == "origin_auth" else "check the URL"
+    if "--header" in message or "check the URL" in message:
+        return message  # the supernode already said what to do
+    return f"{message} ({hint})"

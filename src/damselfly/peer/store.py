@@ -1,0 +1,306 @@
+"""The engine's local store under ``$HOME/data``: one preallocated data file per task and a small
+meta file listing the pieces held (with their sha256) and the whole file's verified sha256.
+
+It is the engine's ``PieceProvider``: the upload server asks it where a piece lies, and it answers
+only for pieces held *verified* (a piece is marked held after its digest matched). A data file is
+never rewritten in place once complete (a finished output may be a hard link to it): dropping a
+stale copy unlinks the file and starts a new one. Every disk call runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from damselfly.core.clock import Clock
+from damselfly.core.errors import IntegrityError, NoSpaceError
+from damselfly.core.ids import TASK_ID_RE
+from damselfly.core.pieces import PiecePlan
+from damselfly.store.pieceserver import PieceLocation
+
+log = logging.getLogger("damselfly.peer.store")
+
+META_SUFFIX = ".meta.json"
+DATA_SUFFIX = ".data"
+MAX_META = 4 * 1024 * 1024
+
+
+@dataclass
+class TaskData:
+    """One task's local copy. Mutated only on the event loop (one owner: the store)."""
+
+    task_id: str
+    length: int
+    piece_size: int
+    path: Path
+    held: dict[int, str] = field(default_factory=dict)  # piece → hex sha256 ("" = unverified)
+    file_sha256: str = ""  # set once the whole file was verified
+    upload: bool = True  # False for pattern "cdn": download only, serve nothing
+    last_used: float = 0.0
+    active: int = 0  # downloads using it right now
+    nodes: set[str] = field(default_factory=set)  # supernode base URLs that know we hold it
+    fd: int = -1
+
+    @property
+    def plan(self) -> PiecePlan:
+        return PiecePlan(self.length, self.piece_size)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.held) >= self.plan.count
+
+    def held_bytes(self) -> int:
+        plan = self.plan
+        return sum(plan.size(n) for n in self.held if 0 <= n < plan.count)
+
+    def meta(self) -> dict[str, object]:
+        return {
+            "task_id": self.task_id,
+            "length": self.length,
+            "piece_size": self.piece_size,
+            "held": {str(n): d for n, d in sorted(self.held.items())},
+            "file_sha256": self.file_sha256,
+            "upload": self.upload,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"TaskData({self.task_id[:12]}, {len(self.held)}/{self.plan.count} pieces, "
+            f"active={self.active}, upload={self.upload})"
+        )
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def verify_and_write(fd: int, buf: bytearray | bytes, offset: int, digest: str) -> None:
+    """In a worker thread: check the piece's sha256, then pwrite it all (raises IntegrityError)."""
+    if digest:
+        got = hashlib.sha256(buf).hexdigest()
+        if got != digest.lower():
+            raise IntegrityError(f"piece digest mismatch: got {got[:16]}…, expected {digest[:16]}…")
+    view = memoryview(buf)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+class LocalStore:
+    """Task data under one directory; implements ``PieceProvider.locate`` for the upload server."""
+
+    def __init__(self, data_dir: Path, clock: Clock) -> None:
+        self.dir = data_dir
+        self.clock = clock
+        self.tasks: dict[str, TaskData] = {}
+
+    # -- start-up --------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read the metas left by an earlier engine; drop data files without a valid meta."""
+        found = await asyncio.to_thread(self._scan)
+        now = self.clock.now()
+        for td in found:
+            td.last_used = now
+            self.tasks[td.task_id] = td
+        if found:
+            log.info("store: %d task(s) kept from an earlier run", len(found))
+
+    def _scan(self) -> list[TaskData]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        out: list[TaskData] = []
+        metas: set[str] = set()
+        for entry in os.scandir(self.dir):
+            name = entry.name
+            if name.endswith(META_SUFFIX):
+                tid = name[: -len(META_SUFFIX)]
+                td = self._read_meta(tid, Path(entry.path))
+                if td is not None:
+                    out.append(td)
+                    metas.add(tid)
+        for entry in os.scandir(self.dir):
+            name = entry.name
+            tid = name[: -len(DATA_SUFFIX)] if name.endswith(DATA_SUFFIX) else ""
+            if (not tid or tid not in metas) and not name.endswith(META_SUFFIX):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)  # orphan data or a leftover temp file
+        return out
+
+    def _read_meta(self, tid: str, meta_path: Path) -> TaskData | None:
+        data_path = self.dir / (tid + DATA_SUFFIX)
+        try:
+            if not TASK_ID_RE.match(tid) or meta_path.stat().st_size > MAX_META:
+                raise ValueError("bad meta")
+            obj = json.loads(meta_path.read_bytes())
+            length, piece_size = int(obj["length"]), int(obj["piece_size"])
+            if obj["task_id"] != tid or length < 0 or piece_size <= 0:
+                raise ValueError("bad meta")
+            if data_path.stat().st_size != length:
+                raise ValueError("data file has the wrong size")
+            held = {int(k): str(v) for k, v in dict(obj["held"]).items()}
+            plan = PiecePlan(length, piece_size)
+            held = {n: d for n, d in held.items() if 0 <= n < plan.count}
+            return TaskData(
+                tid,
+                length,
+                piece_size,
+                data_path,
+                held=held,
+                file_sha256=str(obj.get("file_sha256") or ""),
+                upload=bool(obj.get("upload", True)),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            for p in (meta_path, data_path):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            return None
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    async def open_task(
+        self, task_id: str, length: int, piece_size: int, upload: bool = True
+    ) -> TaskData:
+        """The task's local copy, created (preallocated) when new or when its geometry changed;
+        in use (never expired) until ``release()``.
+
+        Raises NoSpaceError when ``$HOME/data`` has no room for it.
+        """
+        td = self.tasks.get(task_id)
+        if td is not None and (td.length != length or td.piece_size != piece_size):
+            log.info("store: task %s changed size at the origin; dropping the old copy", task_id)
+            await self._drop_files(td)
+            td = None
+        if td is None:
+            td = TaskData(task_id, length, piece_size, self.dir / (task_id + DATA_SUFFIX))
+            self.tasks[task_id] = td
+        td.upload = upload
+        td.last_used = self.clock.now()
+        if td.fd < 0:
+            td.fd = await asyncio.to_thread(self._open_file, td)
+        td.active += 1  # until release()
+        return td
+
+    def _open_file(self, td: TaskData) -> int:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        exists = td.path.exists()
+        if not exists and free_bytes(self.dir) < td.length:
+            raise NoSpaceError(
+                f"not enough free space in {self.dir} for {td.length} bytes",
+                "free some space or use --home on a bigger disk",
+            )
+        fd = os.open(td.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if not exists and td.length > 0:
+                os.posix_fallocate(fd, 0, td.length)
+            elif os.fstat(fd).st_size != td.length:
+                os.ftruncate(fd, td.length)
+        except OSError as e:
+            os.close(fd)
+            if not exists:
+                with contextlib.suppress(OSError):
+                    td.path.unlink()
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(
+                    f"not enough free space in {self.dir} for {td.length} bytes",
+                    "free some space or use --home on a bigger disk",
+                ) from e
+            raise
+        return fd
+
+    async def reset(self, td: TaskData) -> None:
+        """Drop a stale copy and start an empty one (a new inode: linked outputs keep theirs)."""
+        await self._drop_files(td)
+        td.held.clear()
+        td.file_sha256 = ""
+        td.fd = await asyncio.to_thread(self._open_file, td)
+
+    async def write_piece(self, td: TaskData, num: int, buf: bytearray, digest: str) -> None:
+        """Verify ``buf`` against ``digest`` and write it, off the loop; then mark it held."""
+        start = td.plan.start(num)
+        await asyncio.to_thread(verify_and_write, td.fd, buf, start, digest)
+        td.held[num] = digest.lower()
+        td.last_used = self.clock.now()
+
+    def touch(self, task_id: str) -> None:
+        td = self.tasks.get(task_id)
+        if td is not None:
+            td.last_used = self.clock.now()
+
+    async def release(self, td: TaskData) -> None:
+        """A download is done with the task: save its meta; close the file when unused."""
+        td.active = max(0, td.active - 1)
+        td.last_used = self.clock.now()
+        await self.save_meta(td)
+        if td.active == 0 and td.fd >= 0:
+            fd, td.fd = td.fd, -1
+            await asyncio.to_thread(os.close, fd)
+
+    async def save_meta(self, td: TaskData) -> None:
+        if self.tasks.get(td.task_id) is not td:
+            return
+        await asyncio.to_thread(self._write_meta, td.task_id, json.dumps(td.meta()))
+
+    def _write_meta(self, tid: str, text: str) -> None:
+        path = self.dir / (tid + META_SUFFIX)
+        tmp = self.dir / f".{tid}.{secrets.token_hex(4)}.tmp"
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warning("store: could not save the meta of task %s: %s", tid, e)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    async def remove(self, task_id: str) -> None:
+        td = self.tasks.pop(task_id, None)
+        if td is not None:
+            await self._drop_files(td)
+
+    async def _drop_files(self, td: TaskData) -> None:
+        fd, td.fd = td.fd, -1
+        meta = self.dir / (td.task_id + META_SUFFIX)
+
+        def drop() -> None:
+            if fd >= 0:
+                os.close(fd)
+            for p in (td.path, meta):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+        await asyncio.to_thread(drop)
+
+    def expired(self, now: float, ttl: float) -> list[TaskData]:
+        """Tasks nobody used for ``ttl`` seconds (no download, no upload)."""
+        return [td for td in self.tasks.values() if td.active == 0 and now - td.last_used >= ttl]
+
+    async def close(self) -> None:
+        for td in list(self.tasks.values()):
+            await self.save_meta(td)
+            if td.fd >= 0:
+                fd, td.fd = td.fd, -1
+                await asyncio.to_thread(os.close, fd)
+
+    # -- PieceProvider ---------------------------------------------------------------------
+
+    async def locate(self, task_id: str, num: int) -> PieceLocation | None:
+        td = self.tasks.get(task_id)
+        if td is None or not td.upload or not td.held.get(num):
+            return None  # not held, or held without a verified digest
+        plan = td.plan
+        if not 0 <= num < plan.count:
+            return None
+        td.last_used = self.clock.now()
+        return PieceLocation(str(td.path), plan.start(num), plan.size(num))
+
+    def __repr__(self) -> str:
+        return f"LocalStore({self.dir}, {len(self.tasks)} task(s))"
