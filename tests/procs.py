@@ -234,3 +234,31 @@ def start_supernode(
 
     wait_until(ready, what=f"{name} /_ping")
     return SupernodeHandle(proc, port, download_port, home)
+
+
+def engine_status(home: Path, timeout: float = 5.0) -> dict[str, Any] | None:
+    """``GET /status`` on the engine's control socket ``home/engine.sock``; None if none answers."""
+    import http.client
+
+    class _UnixConn(http.client.HTTPConnection):
+        def connect(self) -> None:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(timeout)
+            s.connect(str(home / "engine.sock"))
+            self.sock = s
+
+    conn = _UnixConn("localhost", timeout=timeout)
+    try:
+        conn.request("GET", "/status")
+        r = conn.getresponse()
+        if r.status != 200:
+            return None
+        return dict(json.loads(r.read()))
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+def dfget_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "damselfly.dfget.cli", *args]

@@ -124,6 +124,15 @@ def _hand_over(client: EngineClient, opts: Options, started: float) -> int:
             f"download SUCCESS cost:{cost:.3f}s length:{_int(result.get('length'))} reason:{reason}"
         )
         sys.stdout.flush()
+        src = result.get("bytes_from")
+        if isinstance(src, dict):
+            # where the bytes came from (shown with --console/--verbose; the demo reads it)
+            log.info(
+                "bytes from origin:%d supernode:%d peers:%d",
+                _int(src.get("origin")),
+                _int(src.get("supernode")),
+                _int(src.get("peers")),
+            )
         return 0
     return _fail(reason, str(result.get("message") or "the download failed"))
 

@@ -47,6 +47,8 @@ log = logging.getLogger("damselfly.supernode")
 EXPIRE_INTERVAL = 1.0  # seconds between scheduler expiry sweeps (cheap: bounded by state size)
 DISK_GC_INTERVAL = 15.0  # v1's disk GC interval
 MAX_BODY = 256 * 1024
+# open requests (long polls, piece uploads) get this long to finish when the supernode stops
+SHUTDOWN_GRACE = 2.0
 
 
 def _status_for(err: DamselflyError) -> int:
@@ -363,7 +365,9 @@ async def serve(config: SupernodeConfig) -> tuple[Supernode, list[web.AppRunner]
         (make_api_app(node), config.port),
         (make_piece_app(node), config.download_port),
     ):
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
+        )
         await runner.setup()
         site = web.TCPSite(runner, config.listen, port, reuse_address=True)
         await site.start()
