@@ -1,0 +1,78 @@
+"""The scheduler's knobs, validated once when built (an unknown policy name is a ConfigError)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from damselfly.core.errors import ConfigError
+from damselfly.scheduler.policies import piece_policy, source_policy
+
+
+@dataclass
+class SchedulerConfig:
+    #: concurrent uploads per peer host (supernode --up-limit; v1 peerUpLimit).
+    up_limit: int = 5
+    #: pieces in flight per downloading peer (--down-limit; v1 peerDownLimit).
+    down_limit: int = 4
+    #: concurrent pieces the supernode's piece server is asked to serve per task. v1 used 4,
+    #: which starves a big swarm at the start: the supernode then sends one piece at a time to
+    #: four peers and its uplink idles while they fetch. 16 keeps a supernode uplink ~16× a
+    #: peer's link busy with one task, yet the supernode stays the fallback: holders with a
+    #: free slot are always chosen first, so most bytes still move between peers.
+    supernode_limit: int = 16
+    #: The supernode seeds each piece once: it serves a piece that some peer already holds or
+    #: is already fetching only to a peer that has had nothing in flight and nothing to fetch
+    #: for this many seconds. Without this rule a crowd arriving together takes every piece
+    #: from the supernode (each asks before any peer holds anything) and the swarm degenerates
+    #: into N downloads from the supernode; with it the supernode's uplink carries each piece
+    #: about once and peers carry the rest. The delay stays short so a peer whose holders are
+    #: all busy or slow is still rescued quickly (0 turns the rule off).
+    fallback_reuse_delay: float = 0.5
+    #: with cdn_pattern "source": concurrent Range requests sent to the origin per task. The
+    #: origin is someone else's server; peers are preferred and this caps the crowd it sees.
+    origin_limit: int = 16
+    #: consecutive failures as a source after which a peer is isolated (v1 auto-isolation).
+    isolate_after: int = 5
+    #: a downloader with more failed fetches from peers than this is served only by the
+    #: supernode (or the origin): its own network is the likely problem (v1).
+    client_fail_limit: int = 5
+    #: seconds a requester avoids a source that failed it.
+    blacklist_time: float = 60.0
+    #: an assignment not reported within this many seconds is released (its slots freed).
+    inflight_timeout: float = 30.0
+    #: peers silent (no schedule call, no heartbeat) this long are dropped.
+    peer_gc_delay: float = 180.0
+    #: tasks with no peer activity this long are listed for removal by expire().
+    task_expire: float = 180.0
+    piece_policy: str = "rarest"
+    source_policy: str = "least_loaded"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for name in (
+            "up_limit",
+            "down_limit",
+            "supernode_limit",
+            "origin_limit",
+            "isolate_after",
+        ):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"scheduler {name} must be a whole number ≥ 1, not {v!r}")
+        v = self.client_fail_limit
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(f"scheduler client_fail_limit must be ≥ 0, not {v!r}")
+        for name in (
+            "blacklist_time",
+            "inflight_timeout",
+            "peer_gc_delay",
+            "task_expire",
+            "fallback_reuse_delay",
+        ):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+                raise ConfigError(f"scheduler {name} must be a positive number of seconds")
+        piece_policy(self.piece_policy)
+        source_policy(self.source_policy)
