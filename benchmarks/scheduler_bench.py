@@ -9,7 +9,7 @@ decision and other processes on the machine do not inflate it.
 
     python benchmarks/scheduler_bench.py                        # 1,000 peers × 256 pieces
     python benchmarks/scheduler_bench.py --peers 10000 --max-calls 300000
-    python benchmarks/scheduler_bench.py --write docs/benchmarks-scheduler.md
+    python benchmarks/scheduler_bench.py --scale --write docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -156,6 +156,9 @@ def machine() -> str:
     return f"Python {platform.python_version()} on {platform.system()} {platform.machine()} {cpu}"
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--peers", type=int, default=1000)
@@ -191,17 +194,21 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(md)
     if args.write:
-        section = (
-            "## Scheduler decisions per second\n\n"
+        from _report import write_section
+
+        write_section(
+            Path(args.write),
+            "scheduler",
+            "Scheduler decisions per second",
             "`python benchmarks/scheduler_bench.py"
             + (" --scale" if args.scale else "")
             + "`: a simulated swarm (discrete events on a fake clock) drives the real "
             "`Scheduler`; each peer reports its finished pieces and asks for up to 4 more, "
             f"{FAIL_RATE:.0%} of transfers fail, the CDN holds every piece. Only the thread CPU "
             "time inside `schedule()` is counted, on one pinned core; the median of "
-            f"{args.runs} runs.\n\n{md}\n\n{machine()}.\n"
+            f"{args.runs} runs.",
+            md,
         )
-        Path(args.write).write_text(section)
         print(f"\nwrote {args.write}")
     return 0
 

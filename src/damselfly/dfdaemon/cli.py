@@ -1,12 +1,12 @@
-"""The ``dfdaemon`` command. For now it runs the host's peer engine in the foreground; the
-registry-mirror / HTTP proxy on ``port`` comes with a later issue.
+"""The ``dfdaemon`` command: this host's peer engine plus the registry mirror / HTTP(S) proxy.
 
-``dfdaemon [--config FILE] [--home DIR] [--port N] [--node host:port]``. The YAML config uses
-v1's keys (``port``, ``registry_mirror``, ``proxies``, ``hijack_https``, ``node`` or
-``supernodes``, ``dfget_flags``, ``ratelimit``, ``localrepo``, ``verbose``); an unknown key is an
-error naming it. ``dfget_flags`` are dfget flags: the engine ones (``--port`` for the engine's
-peer port, ``--ip``, ``--home``, ``--totallimit``, ``--expiretime``) configure the engine; the
-download ones (``-f`` filters, ``-s``…) are checked now and used by the mirror later.
+``dfdaemon [--config FILE] [--home DIR] [--port N] [--node host:port]`` and
+``dfdaemon gen-ca [--cert ca.crt] [--key ca.key]``. The YAML config uses v1's keys (``port``,
+``registry_mirror``, ``proxies``, ``hijack_https``, ``node`` or ``supernodes``, ``dfget_flags``,
+``ratelimit``, ``localrepo``, ``verbose``); an unknown key or a bad value is an error naming it.
+``dfget_flags`` are dfget flags: the engine ones (``--port`` for the engine's peer port, ``--ip``,
+``--home``, ``--totallimit``, ``--expiretime``) configure the engine; the download ones (``-f``
+filters, ``-s``, ``--notbs``, ``-p``, ``--header``…) apply to every swarm download of the proxy.
 """
 
 from __future__ import annotations
@@ -15,14 +15,19 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from damselfly.core.errors import ConfigError
+from damselfly.core.ids import parse_filter
 from damselfly.core.nodes import parse_nodes
-from damselfly.core.units import parse_rate
+from damselfly.core.units import parse_duration, parse_rate
+from damselfly.dfdaemon.handler import DownloadDefaults
+from damselfly.dfdaemon.rules import Rules, parse_rules
 from damselfly.dfget.options import build_parser as build_dfget_parser
+from damselfly.dfget.options import parse_header
 from damselfly.peer.config import EngineConfig, config_from_args, validate_port
 
 DEFAULT_PORT = 65001
@@ -41,6 +46,9 @@ KNOWN_KEYS = (
 )
 MAX_CONFIG = 1024 * 1024
 
+if TYPE_CHECKING:
+    from damselfly.dfdaemon.daemon import ProxySettings
+
 
 @dataclass
 class DaemonConfig:
@@ -53,6 +61,7 @@ class DaemonConfig:
     registry_mirror: dict[str, Any] = field(default_factory=dict)
     proxies: list[dict[str, Any]] = field(default_factory=list)
     hijack_https: dict[str, Any] = field(default_factory=dict)
+    rules: Rules = field(default_factory=Rules)
 
 
 def parse_daemon_config(obj: Any, path: str = "config") -> DaemonConfig:
@@ -88,6 +97,7 @@ def parse_daemon_config(obj: Any, path: str = "config") -> DaemonConfig:
         proxies=_list_of_mappings(obj, "proxies", path),
         hijack_https=_mapping(obj, "hijack_https", path),
     )
+    cfg.rules = parse_rules(cfg.proxies, cfg.registry_mirror, cfg.hijack_https, path)
     return cfg
 
 
@@ -144,14 +154,44 @@ def load_daemon_config(path: str | None) -> DaemonConfig:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="dfdaemon",
-        description="Damselfly host daemon: runs this host's peer engine in the foreground.",
+        description="Damselfly host daemon: this host's peer engine and the registry mirror / "
+        "HTTP(S) proxy. 'dfdaemon gen-ca' writes a CA for hijack_https.",
     )
     ap.add_argument("--config", help=f"YAML config (default {DEFAULT_CONFIG} when present)")
     ap.add_argument("--home", help="the engine's work home (default ~/.small-dragonfly)")
     ap.add_argument("--port", help=f"the proxy port (default {DEFAULT_PORT})")
     ap.add_argument("--node", action="append", default=[], help="supernode host[:port]")
+    ap.add_argument("--listen", default="0.0.0.0", help="the proxy's address (default 0.0.0.0)")
     ap.add_argument("--verbose", action="store_true", help="debug logging")
     return ap
+
+
+def build_gen_ca_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="dfdaemon gen-ca",
+        description="Write a new CA certificate and key for hijack_https (the key mode 0600).",
+    )
+    ap.add_argument("--cert", default="ca.crt", help="certificate file to write (default ca.crt)")
+    ap.add_argument("--key", default="ca.key", help="key file to write (default ca.key)")
+    ap.add_argument("--cn", default="Damselfly dfdaemon CA", help="the CA's common name")
+    ap.add_argument("--force", action="store_true", help="overwrite existing files")
+    return ap
+
+
+def gen_ca(argv: list[str]) -> int:
+    from damselfly.dfdaemon.certs import generate_ca
+
+    ap = build_gen_ca_parser()
+    ns = ap.parse_args(argv)
+    for p in (ns.cert, ns.key):
+        if os.path.exists(p) and not ns.force:
+            ap.error(f"{p} exists; remove it or pass --force")
+    try:
+        generate_ca(ns.cert, ns.key, ns.cn)
+    except OSError as e:
+        ap.error(f"cannot write {e.filename}: {e.strerror}")
+    print(f"wrote CA certificate {ns.cert} and key {ns.key}")
+    return 0
 
 
 class _FlagError(Exception):
@@ -164,8 +204,11 @@ class _QuietParser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["gen-ca"]:
+        return gen_ca(args[1:])
     ap = build_parser()
-    ns = ap.parse_args(argv)
+    ns = ap.parse_args(args)
     try:
         cfg = load_daemon_config(ns.config)
         if ns.port is not None:
@@ -176,17 +219,57 @@ def main(argv: list[str] | None = None) -> int:
         if ns.verbose:
             cfg.verbose = True
         engine_cfg = engine_config(cfg, ns.home)
+        settings = proxy_settings(cfg, ns.listen)
     except ConfigError as e:
         ap.error(str(e))
-    if cfg.registry_mirror or cfg.proxies or cfg.hijack_https:
-        print(
-            "dfdaemon: registry_mirror/proxies/hijack_https are accepted but the proxy is not "
-            f"served yet; running the peer engine of {engine_cfg.home}",
-            file=sys.stderr,
-        )
-    from damselfly.peer.engine import run_engine
+    from damselfly.dfdaemon.daemon import run_daemon
 
-    return run_engine(engine_cfg)
+    return run_daemon(engine_cfg, settings)
+
+
+def parse_dfget_flags(flags: list[str]) -> argparse.Namespace:
+    """``dfget_flags`` parsed as dfget parses its command line (errors raised, not exiting)."""
+    quiet = _QuietParser(prog="dfget_flags", add_help=False)
+    for action in build_dfget_parser()._actions:  # dfget's flags, errors raised not exiting
+        if action.option_strings and "-h" not in action.option_strings:
+            quiet._add_action(action)
+    try:
+        ns = quiet.parse_args(flags)
+    except _FlagError as e:
+        raise ConfigError(f"invalid dfget_flags: {e}") from e
+    if ns.url or ns.output:
+        raise ConfigError("dfget_flags must not set --url or --output", "dfdaemon sets them")
+    return ns
+
+
+def download_defaults(cfg: DaemonConfig) -> DownloadDefaults:
+    """The options of every swarm download: ``dfget_flags``, ``ratelimit`` and the nodes."""
+    ns = parse_dfget_flags(cfg.dfget_flags)
+    locallimit = cfg.ratelimit or parse_rate(ns.locallimit, "-s in dfget_flags")
+    nodes = list(cfg.nodes)
+    for item in ns.node or []:
+        nodes += [n for n in item.split(",") if n.strip()]
+    parse_nodes(nodes)
+    headers = tuple(parse_header(h) for h in ns.header or [])
+    return DownloadDefaults(
+        nodes=tuple(nodes),
+        filter=tuple(k for f in ns.filter or [] for k in parse_filter(f)),
+        headers=headers,
+        locallimit=locallimit,
+        minrate=parse_rate(ns.minrate, "--minrate in dfget_flags"),
+        timeout=parse_duration(ns.timeout, "--timeout in dfget_flags") if ns.timeout else None,
+        notbs=bool(ns.notbs),
+        pattern=ns.pattern or "p2p",
+        identifier=ns.identifier or "",
+        callsystem=ns.callsystem or "dfdaemon",
+    )
+
+
+def proxy_settings(cfg: DaemonConfig, listen: str = "0.0.0.0") -> ProxySettings:
+    from damselfly.dfdaemon.daemon import ProxySettings
+
+    scratch = Path(os.path.expanduser(cfg.localrepo)) if cfg.localrepo else None
+    return ProxySettings(cfg.port, cfg.rules, download_defaults(cfg), listen, scratch)
 
 
 def engine_config(cfg: DaemonConfig, home: str | None) -> EngineConfig:
@@ -194,19 +277,10 @@ def engine_config(cfg: DaemonConfig, home: str | None) -> EngineConfig:
 
     A daemon's engine never exits when idle.
     """
-    quiet = _QuietParser(prog="dfget_flags", add_help=False)
-    for action in build_dfget_parser()._actions:  # dfget's flags, errors raised not exiting
-        if action.option_strings and "-h" not in action.option_strings:
-            quiet._add_action(action)
-    try:
-        ns = quiet.parse_args(cfg.dfget_flags)
-    except _FlagError as e:
-        raise ConfigError(f"invalid dfget_flags: {e}") from e
+    ns = parse_dfget_flags(cfg.dfget_flags)
     for flag, value in (("-s", ns.locallimit), ("--minrate", ns.minrate)):
         if value is not None:
             parse_rate(value, f"{flag} in dfget_flags")
-    if ns.url or ns.output:
-        raise ConfigError("dfget_flags must not set --url or --output", "dfdaemon sets them")
     if home:
         ns.home = home
     if cfg.verbose:
