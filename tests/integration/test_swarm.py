@@ -264,3 +264,42 @@ def test_header_secret_stays_out_of_argv_and_logs(procs: Procs, tmp_path: Path, 
                 assert b"tok-3f9a1c" not in f.read_bytes(), f
     assert "tok-3f9a1c" not in sn.proc.output()
     assert b"tok-3f9a1c" not in http_get(f"http://{sn.addr}/metrics")[1]
+
+
+def test_signed_urls_differing_in_filtered_keys_share_one_task(
+    procs: Procs, tmp_path: Path, random_file
+):  # type: ignore[no-untyped-def]
+    src = random_file(tmp_path / "www", "obj.bin", 6 * MiB)
+    origin = start_origin(procs, tmp_path / "www")
+    sn = start_supernode(procs, tmp_path / "sn")
+    flt = "Expires&OSSAccessKeyId&Signature"
+    peers = [Peer(procs, tmp_path, f"peer{i}") for i in range(2)]
+    for i, p in enumerate(peers):
+        url = origin.url(f"obj.bin?Expires={100 + i}&OSSAccessKeyId=k&Signature=sig{i}")
+        code, out = p.finish(p.start(url, sn.addr, "-f", flt))
+        assert code == 0, out
+        assert sha256(p.out_dir / "file.bin") == sha256(src)
+    tasks = sn.api("/api/v1/tasks")["tasks"]
+    assert len(tasks) == 1  # one task for both signed URLs
+    assert origin.stats()["gets"] == 1
+    # the listing hides the signature values
+    assert "sig0" not in json.dumps(sn.api(f"/api/v1/tasks/{tasks[0]['task_id']}"))
+
+
+def test_cdn_pattern_source_peers_fetch_ranges_from_the_origin(
+    procs: Procs, tmp_path: Path, random_file
+):  # type: ignore[no-untyped-def]
+    src = random_file(tmp_path / "www", "f.bin", 20 * MiB + 5)
+    origin = start_origin(procs, tmp_path / "www")
+    sn = start_supernode(procs, tmp_path / "sn", extra=["--cdn-pattern", "source"])
+    peers = [Peer(procs, tmp_path, f"peer{i}") for i in range(3)]
+    runs = [p.start(origin.url("f.bin"), sn.addr) for p in peers]
+    for p, r in zip(peers, runs, strict=True):
+        code, out = p.finish(r)
+        assert code == 0, out
+        assert sha256(p.out_dir / "file.bin") == sha256(src)
+    stats = origin.stats()
+    assert 206 in stats["statuses"]  # pieces came as Range requests
+    assert not list((sn.home / "repo").rglob("*.data"))  # the supernode stored nothing
+    # the origin sent fewer bytes than three direct downloads: peers fed each other
+    assert stats["bytes_sent"] < 3 * src.stat().st_size

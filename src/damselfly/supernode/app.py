@@ -163,8 +163,8 @@ class Supernode:
             for tid in removed:
                 log.info("disk GC removed cached task %s", tid[:12])
 
-    async def _suspects(self) -> None:
-        for tid, num in self.scheduler.drain_suspects():
+    async def _suspects(self, suspects: list[tuple[str, int]]) -> None:
+        for tid, num in suspects:
             try:
                 bad = await self.cdn.report_bad(tid, num)
             except DamselflyError as e:
@@ -244,7 +244,9 @@ class Supernode:
             if results:
                 if any(r.ok for r in results):
                     self._wake(tid)  # a new holder, freed upload slots: others may get work
-                self.spawn(self._suspects(), "supernode-suspects")
+                suspects = self.scheduler.drain_suspects()
+                if suspects:
+                    self.spawn(self._suspects(suspects), "supernode-suspects")
             results = []
             left = deadline - loop.time()
             if resp.status != STATUS_WAIT or left <= 0:

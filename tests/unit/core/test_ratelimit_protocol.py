@@ -82,3 +82,20 @@ def test_loads_bounded_rejects_deep_and_large_and_non_objects() -> None:
     with pytest.raises(BadRequest):
         loads_bounded("[1]")
     assert loads_bounded(json.dumps({"a": 1})) == {"a": 1}
+
+
+def test_schedule_response_json_round_trips() -> None:
+    from dataclasses import asdict
+
+    from damselfly.core.protocol import PieceAssignment, PieceSource, ScheduleResponse
+
+    r = ScheduleResponse(
+        "pieces",
+        [PieceAssignment(1, 4, 3, "ab" * 32, PieceSource("p", "peer", "10.0.0.1", 5))],
+        retry_ms=7,
+        message="m",
+        error_code="c",
+        file_sha256="f" * 64,
+    )
+    assert r.to_json() == asdict(r)
+    assert ScheduleResponse.from_json(r.to_json()) == r
