@@ -1,7 +1,9 @@
 """Small policies chosen by name in the config: the order of pieces, and the choice of source.
 
 A piece policy yields, best first, the pieces a downloader could fetch now (schedulable, not
-held, not already in flight for it); the scheduler stops the walk once it has enough. A source
+held, not already in flight for it) at ``from_level`` or above (see ``Task.relevel``: level 1
+is a piece only the supernode has, which the scheduler skips when the supernode has no room);
+the scheduler stops the walk once it has enough. A source
 policy picks one peer among a bounded random sample of eligible holders. An unknown name is a
 ConfigError at start-up.
 """
@@ -19,7 +21,9 @@ from damselfly.scheduler.model import Peer, Task, TaskPeer
 class PiecePolicy(Protocol):
     name: str
 
-    def candidates(self, task: Task, tp: TaskPeer, rng: random.Random) -> Iterator[int]: ...
+    def candidates(
+        self, task: Task, tp: TaskPeer, rng: random.Random, from_level: int = 1
+    ) -> Iterator[int]: ...
 
 
 class SourcePolicy(Protocol):
@@ -39,10 +43,12 @@ class RarestFirst:
 
     name = "rarest"
 
-    def candidates(self, task: Task, tp: TaskPeer, rng: random.Random) -> Iterator[int]:
+    def candidates(
+        self, task: Task, tp: TaskPeer, rng: random.Random, from_level: int = 1
+    ) -> Iterator[int]:
         order = task.avail.order
         have, inflight = tp.have, tp.inflight
-        for begin, end in task.avail.buckets():
+        for begin, end in task.avail.buckets(from_level):
             # A random rotation of each bucket breaks ties between equally rare pieces.
             mid = begin + int(rng.random() * (end - begin))
             for i in range(mid, end):
@@ -60,11 +66,13 @@ class Sequential:
 
     name = "sequential"
 
-    def candidates(self, task: Task, tp: TaskPeer, rng: random.Random) -> Iterator[int]:
+    def candidates(
+        self, task: Task, tp: TaskPeer, rng: random.Random, from_level: int = 1
+    ) -> Iterator[int]:
         level = task.avail.level
         have, inflight = tp.have, tp.inflight
         for p in range(len(have)):
-            if level[p] and not have[p] and p not in inflight:
+            if level[p] >= from_level and not have[p] and p not in inflight:
                 yield p
 
 
@@ -73,11 +81,13 @@ class RandomOrder:
 
     name = "random"
 
-    def candidates(self, task: Task, tp: TaskPeer, rng: random.Random) -> Iterator[int]:
+    def candidates(
+        self, task: Task, tp: TaskPeer, rng: random.Random, from_level: int = 1
+    ) -> Iterator[int]:
         level = task.avail.level
         have, inflight = tp.have, tp.inflight
         for p in rng.sample(range(len(have)), len(have)):
-            if level[p] and not have[p] and p not in inflight:
+            if level[p] >= from_level and not have[p] and p not in inflight:
                 yield p
 
 

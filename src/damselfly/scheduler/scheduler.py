@@ -12,8 +12,9 @@ else from the supernode (from the origin with cdn_pattern "source") within its p
 Cost: nothing in a call grows with the number of peers. Piece order comes from
 ``Availability`` (O(1) per change), sources from a sample of at most ``SOURCE_SAMPLE`` holders
 or, when few peers have a free slot, from ``Task.free``; a walk gives up after
-``MAX_FRUITLESS`` pieces without a source. Timeouts sit in a heap; views and ``audit`` are the
-only O(everything) calls.
+``MAX_FRUITLESS`` pieces without a source, and then tries a sample of peers with a free slot
+for any piece they hold (``_pick_by_source``, at most ``MAX_SCAN`` pieces each). Timeouts sit
+in a heap; views and ``audit`` are the only O(everything) calls.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ SOURCE_SAMPLE = 16
 #: every source is busy, walking all pieces would cost O(pieces × sample) for nothing; the
 #: random rotation inside each rarity bucket makes the next call try other pieces.
 MAX_FRUITLESS = 24
+#: Pieces of one peer looked at by the source-first pass (``Scheduler._pick_by_source``).
+MAX_SCAN = 512
+#: Pieces without any holder skipped in one call (each costs O(1)) before it gives up.
+MAX_SKIPPED = 256
 #: retry hints (ms) for a "wait" answer; the shell long-polls, so these matter little.
 RETRY_NOT_READY_MS = 500  # the pieces this peer lacks are not at the CDN yet
 RETRY_BUSY_MS = 200  # pieces exist but every source is busy (or this peer's slots are full)
@@ -317,6 +322,16 @@ class Scheduler:
             STATUS_PIECES, pieces=[self._assign(task, tp, num, src, now) for num, src in picks]
         )
 
+    def can_assign(self, task_id: str) -> bool:
+        """Whether a schedule call on this task could get any piece now: some peer has a free
+        upload slot or the supernode (origin) has room. When False every call answers "wait",
+        so a shell may skip re-running its long polls. O(1)."""
+        task = self._tasks.get(task_id)
+        if task is None or task.state == TASK_FAILED:
+            return False
+        limit = self.config.origin_limit if task.from_origin else self.config.supernode_limit
+        return bool(task.free.items) or task.fallback_inflight < limit
+
     def _pick(
         self, task: Task, tp: TaskPeer, room: int, now: float
     ) -> tuple[list[tuple[int, Peer | None]], bool]:
@@ -362,8 +377,19 @@ class Scheduler:
         picks: list[tuple[int, Peer | None]] = []
         extra: dict[Peer, int] = {}
         saw_candidate = False
-        fruitless = 0
-        for num in self._piece_policy.candidates(task, tp, rng):
+        fruitless = skipped = 0
+        # Fallback pieces this downloader may still take while the fallback seeds: its even
+        # share of the fallback's slots (see SchedulerConfig.supernode_limit); a rescue
+        # (reuse_ok) is not limited.
+        seeds = (
+            room
+            if reuse_ok
+            else max(1, limit // len(task.peers))
+            - sum(a.source is None for a in tp.inflight.values())
+        )
+        # Level 1 holds the pieces only the fallback can serve: with no room there, skip them.
+        from_level = 1 if fallback_free > 0 else 2
+        for num in self._piece_policy.candidates(task, tp, rng, from_level):
             saw_candidate = True
             src: Peer | None = None
             holders = task.holders[num]
@@ -399,6 +425,7 @@ class Scheduler:
                 extra[src] = extra.get(src, 0) + 1
             elif (
                 fallback_free > 0
+                and seeds > 0
                 and task.fallback_has(num)
                 and (
                     reuse_ok
@@ -407,15 +434,63 @@ class Scheduler:
                 )
             ):
                 fallback_free -= 1
+                seeds -= 1
                 picks.append((num, None))
             else:
-                fruitless += 1
-                if fruitless >= MAX_FRUITLESS:
+                # Only a piece with holders cost a source lookup; one without is skipped in
+                # O(1), under a looser bound.
+                fruitless += 1 if holders.items else 0
+                skipped += 1
+                if fruitless >= MAX_FRUITLESS or skipped >= MAX_SKIPPED:
                     break
                 continue
             if len(picks) >= room:
                 break
+        if not saw_candidate and from_level > 1:
+            saw_candidate = next(self._piece_policy.candidates(task, tp, rng), None) is not None
+        if saw_candidate and len(picks) < room and use_peers and fruitless >= MAX_FRUITLESS:
+            self._pick_by_source(task, tp, room, now, picks, extra)
         return picks, saw_candidate
+
+    def _pick_by_source(
+        self,
+        task: Task,
+        tp: TaskPeer,
+        room: int,
+        now: float,
+        picks: list[tuple[int, Peer | None]],
+        extra: dict[Peer, int],
+    ) -> None:
+        """The rarest pieces had no free holder: start from peers with a free slot instead and
+        take any piece one of them holds that ``tp`` lacks. In a growing swarm the rare pieces
+        sit with the first, saturated holders while the many new holders hold the common
+        ones; without this pass those new holders idle (the scale simulator showed 260 of
+        them free while 500 peers were told "every source is busy"). Bounded: at most
+        SOURCE_SAMPLE peers, each scanned over at most MAX_SCAN pieces from a random offset."""
+        cfg, rng, me = self.config, self._rng, tp.peer
+        stale, blacklist = now - cfg.peer_gc_delay, me.blacklist
+        have, inflight = tp.have, tp.inflight
+        taken = {num for num, _ in picks}
+        n = len(have)
+        for p in task.free.sample(SOURCE_SAMPLE, rng):
+            if (
+                p is me
+                or p.last_seen <= stale
+                or (blacklist and blacklist.get(p.id, 0.0) > now)
+                or len(p.serving) + extra.get(p, 0) >= cfg.up_limit
+            ):
+                continue
+            theirs = task.peers[p.id].have
+            start = int(rng.random() * n)
+            for k in range(min(n, MAX_SCAN)):
+                num = (start + k) % n
+                if theirs[num] and not have[num] and num not in inflight and num not in taken:
+                    picks.append((num, p))
+                    taken.add(num)
+                    extra[p] = extra.get(p, 0) + 1
+                    break
+            if len(picks) >= room:
+                return
 
     def _busy_holder(self, holders: HolderList[Peer], me: Peer, stale: float, now: float) -> bool:
         """Whether some holder could serve ``me`` once it has a free slot (in a bounded sample):

@@ -132,12 +132,40 @@ def test_down_limit_respected(down_limit: int, want: int, first: int) -> None:
 
 
 def test_supernode_limit_per_task() -> None:
+    # Changed with the even share of the supernode's slots while it seeds (see
+    # SchedulerConfig.supernode_limit): 3 slots over 4 peers is one piece each, and the
+    # fourth peer finds the supernode full.
     sw = Swarm("1" * 8, supernode_limit=3)
-    for name in ("a", "b"):
+    for name in ("a", "b", "c", "d"):
         sw.peer(name)
-    assert len(sw.ask("a", 2)) == 2
-    assert len(sw.ask("b", 4)) == 1
-    assert sw.ask("b", 4) == [] and sw.status == "wait"
+    for name in ("a", "b", "c"):
+        assert len(sw.ask(name, 4)) == 1
+    assert sw.ask("d", 4) == [] and sw.status == "wait"
+
+
+@pytest.mark.parametrize(
+    ("limit", "peers", "share"), [(16, 1, 4), (16, 4, 4), (16, 8, 2), (16, 40, 1)]
+)
+def test_supernode_slots_are_shared_out_while_it_seeds(limit: int, peers: int, share: int) -> None:
+    sw = Swarm("1" * 64, supernode_limit=limit)
+    for i in range(peers):
+        sw.peer(f"p{i}")
+    assert len(sw.ask("p0", 4)) == share
+    assert sw.ask("p0", 4) == []  # its share is in flight
+
+
+def test_a_rescue_is_not_limited_by_the_share() -> None:
+    sw = Swarm("1111", supernode_limit=16)
+    sw.holders("1111")  # h0 holds everything but is busy with 5 uploads
+    for i in range(40):
+        sw.peer(f"x{i}")
+    for i in range(5):
+        assert sw.ask(f"x{i}", 1)
+    sw.peer("r")
+    assert sw.ask("r", 4) == [] and sw.status == "wait"
+    sw.clock.advance(1.0)  # idle for longer than fallback_reuse_delay: rescued in full
+    got = sw.ask("r", 4)
+    assert len(got) == 4 and {src for _, src in got} == {"supernode"}
 
 
 def test_a_peer_becomes_a_source_as_soon_as_it_reports() -> None:
@@ -197,3 +225,18 @@ def test_random_source_policy_still_respects_limits() -> None:
     sw.peer("h1", have="1111")
     sw.peer("r")
     assert sorted(src for _, src in sw.ask("r", 4)) == ["h0", "h1"]
+
+
+def test_free_holders_of_common_pieces_are_found_behind_busy_rare_ones() -> None:
+    # Pieces 0..28 are rare and held only by "b", whose one upload slot is taken; piece 29
+    # is common and its holders are free. The rarest-first walk gives up after MAX_FRUITLESS
+    # busy pieces; the source-first pass must still find a free holder of piece 29.
+    sw = Swarm("1" * 30, up_limit=1)
+    sw.peer("b", "1" * 29 + "0")
+    for name in ("c1", "c2", "c3"):
+        sw.peer(name, "0" * 29 + "1")
+    sw.peer("x")
+    assert sw.ask("x", 1)[0][1] == "b"  # a rare piece: b's only slot is now taken
+    sw.peer("r", "0" * 29)  # (it holds nothing yet)
+    got = sw.ask("r", 1)
+    assert len(got) == 1 and got[0][0] == 29 and got[0][1] in {"c1", "c2", "c3"}
