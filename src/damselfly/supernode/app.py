@@ -49,6 +49,9 @@ DISK_GC_INTERVAL = 15.0  # v1's disk GC interval
 MAX_BODY = 256 * 1024
 # open requests (long polls, piece uploads) get this long to finish when the supernode stops
 SHUTDOWN_GRACE = 2.0
+# waiters woken when the CDN announces a piece: the supernode serves a few pieces per task at
+# once (SchedulerConfig.supernode_limit), so more would only re-run their polls for nothing
+WAKE_PER_CDN_PIECE = 4
 
 
 def _status_for(err: DamselflyError) -> int:
@@ -98,14 +101,15 @@ class Supernode:
         )
         self.metrics = SupernodeMetrics(self)
         self.piece_server = PieceServer(self.cdn, on_served=self._on_served)
-        self._changed: dict[str, asyncio.Event] = {}
+        # Long-polling schedule calls per task, oldest first (a dict used as an ordered set).
+        self._waiters: dict[str, dict[asyncio.Future[None], None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ---- CDN listener: forward to the scheduler, wake waiting peers ------------------------
     def piece_ready(self, tid: str, num: int, digest: str) -> None:
         if self.scheduler.has_task(tid):
             self.scheduler.piece_ready(tid, num, digest)
-            self._wake(tid)
+            self._wake(tid, WAKE_PER_CDN_PIECE)
 
     def piece_lost(self, tid: str, num: int) -> None:
         if self.scheduler.has_task(tid):
@@ -128,10 +132,27 @@ class Supernode:
             self.scheduler.reset_task(tid, length, piece_size)
             self._wake(tid)
 
-    def _wake(self, tid: str) -> None:
-        ev = self._changed.pop(tid, None)
-        if ev is not None:
-            ev.set()
+    def _wake(self, tid: str, n: int | None = None) -> None:
+        """Wake the ``n`` oldest long polls of a task (all of them when None).
+
+        A finished piece frees one upload slot and adds one holder with ``up_limit`` slots, so a
+        report can unlock at most about ``up_limit + 1`` new assignments: waking every waiter
+        on every report made each report cost one schedule call per waiting peer (thousands in a
+        big swarm) for nothing. Nothing is woken when the scheduler says no call could get a
+        piece now; the long poll's own timeout still re-asks (e.g. after fallback_reuse_delay).
+        """
+        waiters = self._waiters.get(tid)
+        if not waiters:
+            return
+        if n is not None and not self.scheduler.can_assign(tid):
+            return
+        k = len(waiters) if n is None else n
+        while waiters and k > 0:
+            fut = next(iter(waiters))
+            del waiters[fut]
+            if not fut.done():
+                fut.set_result(None)
+                k -= 1
 
     def _on_served(self, tid: str, num: int, size: int) -> None:
         self.metrics.piece_bytes_served.inc(size)
@@ -243,7 +264,8 @@ class Supernode:
             self.metrics.schedule_latency.observe(time.perf_counter() - t0)
             if results:
                 if any(r.ok for r in results):
-                    self._wake(tid)  # a new holder, freed upload slots: others may get work
+                    # a new holder and freed upload slots: a few waiting peers may get work
+                    self._wake(tid, self.config.up_limit + 1)
                 suspects = self.scheduler.drain_suspects()
                 if suspects:
                     self.spawn(self._suspects(suspects), "supernode-suspects")
@@ -251,11 +273,17 @@ class Supernode:
             left = deadline - loop.time()
             if resp.status != STATUS_WAIT or left <= 0:
                 break
-            ev = self._changed.setdefault(tid, asyncio.Event())
+            fut: asyncio.Future[None] = loop.create_future()
+            waiters = self._waiters.setdefault(tid, {})
+            waiters[fut] = None
             try:
-                await asyncio.wait_for(ev.wait(), left)
+                await asyncio.wait_for(fut, left)
             except TimeoutError:
                 pass
+            finally:
+                waiters.pop(fut, None)
+                if not waiters and self._waiters.get(tid) is waiters:
+                    del self._waiters[tid]
         return web.json_response(resp.to_json())
 
     async def leave_task(self, request: web.Request) -> web.Response:
@@ -274,7 +302,7 @@ class Supernode:
     async def leave_peer(self, request: web.Request) -> web.Response:
         pid = validate_peer_id(request.match_info["peer_id"])
         self.scheduler.remove_peer(pid)
-        for tid in list(self._changed):
+        for tid in list(self._waiters):
             self._wake(tid)
         return web.json_response({"ok": True})
 
