@@ -69,6 +69,13 @@ def _headers(obj: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def _digest(obj: dict[str, Any]) -> str:
+    d = _str(obj, "digest", "", 64)
+    if d and (len(d) != 64 or any(c not in "0123456789abcdef" for c in d)):
+        raise BadRequest("field 'digest' must be 64 lowercase hex digits")
+    return d
+
+
 @dataclass(slots=True)
 class PeerInfo:
     id: str
@@ -162,6 +169,10 @@ class PieceResult:
     source: str
     failure: str = ""  # one of FAILURE_KINDS when not ok
     bytes: int = 0
+    # hex sha256 the downloader computed, for a piece fetched from the origin by Range under
+    # cdn_pattern "source" (the supernode holds no digest then): the first verified copy
+    # defines the piece for every later downloader, so peers can still check what peers send
+    digest: str = ""
 
     @classmethod
     def from_json(cls, obj: Any) -> PieceResult:
@@ -182,6 +193,7 @@ class PieceResult:
             source=source,
             failure=failure,
             bytes=_int(obj, "bytes", 0, 2**31, 0),
+            digest=_digest(obj),
         )
 
 

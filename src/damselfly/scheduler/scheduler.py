@@ -549,6 +549,10 @@ class Scheduler:
             return
         self._release(task, tp, a)
         if r.ok:
+            if a.kind == KIND_ORIGIN and r.digest and not task.digests[num]:
+                # cdn_pattern "source": the first copy fetched from the origin defines the
+                # piece's digest, which every later assignment carries (peers verify peers)
+                task.digests[num] = r.digest
             self._credit(task, tp, num, a.source_id, a.source)
         else:
             self._fail(task, tp, a, r.failure, now)

@@ -327,3 +327,22 @@ def test_views_stats_and_repr() -> None:
     sw.ok("b", *got)
     assert sw.s.peers_view()[0]["bytes_served"] == 2 * PIECE - 100
     assert "Task" in repr(sw.s._tasks[TASK]) and "held=2/2" in repr(sw.s._tasks[TASK].peers["a"])
+
+
+def test_cdn_pattern_source_first_origin_copy_defines_the_digest() -> None:
+    sw = Swarm("", pieces=2, cdn_pattern="source")
+    sw.peer("a")
+    got = sw.ask("a", 1)
+    assert got[0][1] == "origin" and sw.last is not None and sw.last.pieces[0].digest == ""
+    num = got[0][0]
+    sw.ask("a", 0, [PieceResult(num, True, "origin", bytes=PIECE, digest="ab" * 32)])
+    sw.peer("b")
+    sw.ask("b", 2)
+    assert sw.last is not None
+    by_num = {p.num: p for p in sw.last.pieces}
+    assert by_num[num].source.id == "a" and by_num[num].digest == "ab" * 32
+    # a digest reported for a piece from a peer never overrides anything
+    sw.ask("b", 0, [PieceResult(num, True, "a", bytes=PIECE, digest="cd" * 32)])
+    sw.peer("c")
+    sw.ask("c", 2)
+    assert all(p.digest in ("", "ab" * 32) for p in sw.last.pieces)
