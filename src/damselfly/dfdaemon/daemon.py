@@ -14,6 +14,7 @@ import logging
 import os
 import ssl
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,8 @@ from damselfly.peer.engine import (
     prepare_home,
     setup_logging,
 )
-from damselfly.peer.tasks import TaskOwner
+from damselfly.peer.metrics import ENGINE as METRICS
+from damselfly.peer.metrics import MeteredOwner
 
 log = logging.getLogger("damselfly.dfdaemon")
 
@@ -58,7 +60,7 @@ class Proxy:
     def __init__(self, settings: ProxySettings, engine: Engine) -> None:
         self.settings = settings
         self.engine = engine
-        self.owner = TaskOwner("dfdaemon")
+        self.owner = MeteredOwner("dfdaemon")  # records each swarm download's result
         self.port = 0
         self.handler: ProxyHandler | None = None
         self.front: Front | None = None
@@ -89,7 +91,7 @@ class Proxy:
             on_download=(engine.download_started, engine.download_ended),
         )
         self.handler = handler
-        http = web.Server(handler, access_log=None)
+        http = web.Server(_with_metrics(handler), access_log=None)
         https = web.Server(handler, access_log=None)
         self._web = [http, https]
         front = Front(http, https, self._hijack, self.owner)
@@ -123,6 +125,23 @@ class Proxy:
             await self._session.close()
 
 
+def _with_metrics(
+    handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """``GET /metrics`` (origin-form, on the plain port) is the engine's Prometheus text;
+    everything else (``/v2/…``, absolute proxy URLs) goes to the proxy handler."""
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.raw_path == "/metrics":
+            if request.method != "GET":
+                return web.Response(status=405, text="use GET /metrics\n")
+            body, ctype = METRICS.render()
+            return web.Response(body=body, headers={"Content-Type": ctype})
+        return await handler(request)
+
+    return handle
+
+
 def _prepare_scratch(d: Path) -> None:
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
@@ -141,6 +160,7 @@ async def serve(cfg: EngineConfig, settings: ProxySettings, ready: Ready) -> Non
         waiter.cancel()
         await serving  # raises what stopped it
         return
+    METRICS.bind(engine)
     proxy = Proxy(settings, engine)
     try:
         await proxy.start()

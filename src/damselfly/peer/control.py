@@ -18,6 +18,7 @@ from aiohttp import web
 from damselfly.core.errors import REASON_DOWNLOAD_ERROR, BadRequest
 from damselfly.core.ids import redact_url
 from damselfly.core.protocol import MAX_BODY, error_body, loads_bounded
+from damselfly.peer import metrics
 from damselfly.peer.download import Download, DownloadResult
 from damselfly.peer.request import DownloadRequest
 from damselfly.peer.tasks import drain
@@ -106,4 +107,6 @@ class ControlApi:
                 ).event()
             )
             raise
+        limiter = dl.task_limiter
+        metrics.ENGINE.record(result, limiter.waited if limiter is not None else 0.0)
         queue.put_nowait(result.event())

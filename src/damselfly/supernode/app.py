@@ -28,6 +28,7 @@ from damselfly.core.errors import (
 )
 from damselfly.core.ids import redact_url, task_id, validate_peer_id, validate_task_id
 from damselfly.core.protocol import (
+    STATUS_DONE,
     STATUS_WAIT,
     PieceSource,
     RegisterRequest,
@@ -38,9 +39,11 @@ from damselfly.core.protocol import (
 )
 from damselfly.scheduler import Scheduler, SchedulerConfig
 from damselfly.store.pieceserver import PieceServer
+from damselfly.supernode import console
 from damselfly.supernode.cdn import CDN, CDNConfig
 from damselfly.supernode.config import SupernodeConfig
 from damselfly.supernode.metrics import SupernodeMetrics
+from damselfly.supernode.preheat import Preheater, PreheatRequest
 
 log = logging.getLogger("damselfly.supernode")
 
@@ -52,6 +55,30 @@ SHUTDOWN_GRACE = 2.0
 # waiters woken when the CDN announces a piece: the supernode serves a few pieces per task at
 # once (SchedulerConfig.supernode_limit), so more would only re-run their polls for nothing
 WAKE_PER_CDN_PIECE = 4
+# downloads followed for the one "download done" log line; the oldest are forgotten beyond this
+MAX_DOWNLOAD_LOGS = 65536
+# a preheat re-checks its task this often even without a CDN event (a missed one, a GC)
+PREHEAT_POLL = 1.0
+# a preheat whose fetch stopped short (a cut connection) asks the CDN to resume this many times
+PREHEAT_ATTEMPTS = 3
+
+
+class DownloadLog:
+    """What the supernode saw of one peer's download of one task, for its "done" log line."""
+
+    __slots__ = ("bytes_by_source", "seen", "started")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.bytes_by_source = {"origin": 0, "supernode": 0, "peer": 0}
+        self.seen: set[int] = set()  # pieces counted (a late duplicate report is not)
+
+    def add(self, piece: int, source: str, nbytes: int) -> None:
+        if piece in self.seen:
+            return
+        self.seen.add(piece)
+        kind = source if source in ("origin", "supernode") else "peer"
+        self.bytes_by_source[kind] += nbytes
 
 
 def _status_for(err: DamselflyError) -> int:
@@ -99,11 +126,15 @@ class Supernode:
             self,
             self.clock,
         )
+        self.preheater = Preheater(self.warm, self.clock)
         self.metrics = SupernodeMetrics(self)
         self.piece_server = PieceServer(self.cdn, on_served=self._on_served)
         # Long-polling schedule calls per task, oldest first (a dict used as an ordered set).
         self._waiters: dict[str, dict[asyncio.Future[None], None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # preheats waiting for a task's CDN fetch to finish or fail
+        self._cdn_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._downloads: dict[tuple[str, str], DownloadLog] = {}
 
     # ---- CDN listener: forward to the scheduler, wake waiting peers ------------------------
     def piece_ready(self, tid: str, num: int, digest: str) -> None:
@@ -119,12 +150,19 @@ class Supernode:
         if self.scheduler.has_task(tid):
             self.scheduler.task_complete(tid, file_sha256)
             self._wake(tid)
+        self._cdn_settled(tid)
 
     def task_failed(self, tid: str, error: DamselflyError) -> None:
         log.warning("task %s failed at the origin: %s", tid[:12], error)
         if self.scheduler.has_task(tid):
             self.scheduler.task_failed(tid, error.code, str(error))
             self._wake(tid)
+        self._cdn_settled(tid)
+
+    def _cdn_settled(self, tid: str) -> None:
+        for fut in self._cdn_waiters.pop(tid, []):
+            if not fut.done():
+                fut.set_result(None)
 
     def task_reset(self, tid: str, length: int, piece_size: int) -> None:
         log.info("task %s changed at the origin; starting over", tid[:12])
@@ -156,6 +194,89 @@ class Supernode:
 
     def _on_served(self, tid: str, num: int, size: int) -> None:
         self.metrics.piece_bytes_served.inc(size)
+        self.metrics.pieces_served.inc()
+
+    # ---- preheat --------------------------------------------------------------------------
+    async def warm(
+        self, url: str, filter_keys: list[str], identifier: str, headers: dict[str, str]
+    ) -> str:
+        """Fetch the task of ``url`` into the CDN and return its id once it is complete
+        (with ``--cdn-pattern source``, once its length is known: nothing is stored)."""
+        tid = task_id(url, filter_keys, "", identifier)
+        loop = asyncio.get_running_loop()
+        for _attempt in range(PREHEAT_ATTEMPTS):
+            ct = await self.cdn.ensure(tid, url, headers)
+            if self.config.cdn_pattern == "source":
+                return tid
+            while True:
+                ct = self.cdn.get(tid) or ct
+                if ct.complete:
+                    self.metrics.preheated_bytes.inc(max(ct.length, 0))
+                    return tid
+                if ct.failed:
+                    raise OriginError(ct.error or "the origin fetch failed")
+                if not ct.fetching:
+                    break  # stopped short: ensure() again resumes it
+                fut: asyncio.Future[None] = loop.create_future()
+                self._cdn_waiters.setdefault(tid, []).append(fut)
+                try:
+                    await asyncio.wait_for(fut, PREHEAT_POLL)
+                except TimeoutError:
+                    pass
+                finally:
+                    waiters = self._cdn_waiters.get(tid)
+                    if waiters is not None and fut in waiters:
+                        waiters.remove(fut)
+                        if not waiters:
+                            del self._cdn_waiters[tid]
+        raise OriginError(
+            f"the origin fetch of task {tid[:12]} stopped {PREHEAT_ATTEMPTS} times",
+            "check the origin and preheat again",
+        )
+
+    async def post_preheat(self, request: web.Request) -> web.Response:
+        req = PreheatRequest.from_json(loads_bounded(await request.read()))
+        job = self.preheater.submit(req)
+        return web.json_response({"id": job.id, "ID": job.id, "status": job.status})
+
+    async def get_preheat(self, request: web.Request) -> web.Response:
+        job = self.preheater.get(request.match_info["preheat_id"])
+        if job is None:
+            return web.json_response(
+                error_body("not_found", "no such preheat (finished jobs are kept for a while)"),
+                status=404,
+            )
+        return web.json_response(job.to_json())
+
+    async def list_preheats(self, request: web.Request) -> web.Response:
+        return web.json_response({"preheats": [j.to_json() for j in self.preheater.jobs()]})
+
+    # ---- download log ---------------------------------------------------------------------
+    def _follow(self, tid: str, pid: str) -> None:
+        key = (tid, pid)
+        if key in self._downloads:
+            return
+        if len(self._downloads) >= MAX_DOWNLOAD_LOGS:
+            del self._downloads[next(iter(self._downloads))]
+        self._downloads[key] = DownloadLog(self.clock.now())
+
+    def _download_done(self, tid: str, pid: str) -> None:
+        dl = self._downloads.pop((tid, pid), None)
+        if dl is None:
+            return
+        self.metrics.downloads_done.inc()
+        b = dl.bytes_by_source
+        log.info(
+            "download done: task %s peer %s bytes from origin %d supernode %d peers %d "
+            "total %d in %.3fs",
+            tid,
+            pid,
+            b["origin"],
+            b["supernode"],
+            b["peer"],
+            sum(b.values()),
+            self.clock.now() - dl.started,
+        )
 
     # ---- background work ------------------------------------------------------------------
     def spawn(self, coro: Awaitable[Any], name: str) -> None:
@@ -196,6 +317,7 @@ class Supernode:
 
     async def on_startup(self, app: web.Application) -> None:
         await self.cdn.start()
+        await self.preheater.start()
         self.spawn(self._expire_loop(), "supernode-expire")
         self.spawn(self._disk_gc_loop(), "supernode-disk-gc")
 
@@ -204,6 +326,7 @@ class Supernode:
             t.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.preheater.close()
         await self.cdn.close()
 
     # ---- HTTP handlers --------------------------------------------------------------------
@@ -226,6 +349,7 @@ class Supernode:
             self.scheduler.add_task(tid, ct.length, ct.piece_size, self.config.cdn_pattern)
             self._sync_from_cdn(tid)
         self.scheduler.add_peer(tid, req.peer, req.pattern)
+        self._follow(tid, req.peer.id)
         self.metrics.registrations.labels(result="ok").inc()
         self.metrics.register_latency.observe(time.perf_counter() - started)
         log.info(
@@ -258,6 +382,11 @@ class Supernode:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + req.wait_ms / 1000
         results = req.results
+        dl = self._downloads.get((tid, req.peer_id))
+        if dl is not None:
+            for r in results:
+                if r.ok:
+                    dl.add(r.piece, r.source, r.bytes)
         while True:
             t0 = time.perf_counter()
             resp = self.scheduler.schedule(tid, req.peer_id, results, req.want)
@@ -284,6 +413,8 @@ class Supernode:
                 waiters.pop(fut, None)
                 if not waiters and self._waiters.get(tid) is waiters:
                     del self._waiters[tid]
+        if resp.status == STATUS_DONE:
+            self._download_done(tid, req.peer_id)
         return web.json_response(resp.to_json())
 
     async def leave_task(self, request: web.Request) -> web.Response:
@@ -291,6 +422,7 @@ class Supernode:
         body = loads_bounded(await request.read())
         pid = validate_peer_id(body.get("peer_id", ""))
         self.scheduler.leave_task(tid, pid)
+        self._downloads.pop((tid, pid), None)
         self._wake(tid)
         return web.json_response({"ok": True})
 
@@ -376,6 +508,11 @@ def make_api_app(node: Supernode) -> web.Application:
     app.router.add_get("/api/v1/tasks", node.list_tasks)
     app.router.add_get("/api/v1/tasks/{task_id}", node.get_task)
     app.router.add_get("/api/v1/peers", node.list_peers)
+    app.router.add_routes(console.routes(node))
+    for prefix in ("", "/api/v1"):
+        app.router.add_post(f"{prefix}/preheats", node.post_preheat)
+        app.router.add_get(f"{prefix}/preheats", node.list_preheats)
+        app.router.add_get(f"{prefix}/preheats/{{preheat_id}}", node.get_preheat)
     app.on_startup.append(node.on_startup)
     app.on_cleanup.append(node.on_cleanup)
     return app

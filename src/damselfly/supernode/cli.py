@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="supernode",
         description="Damselfly supernode: passive CDN and piece scheduler. "
-        "`supernode version` prints the version.",
+        "`supernode version` prints the version; `supernode preheat --help` warms a file "
+        "or an image into a running supernode's CDN.",
     )
     ap.add_argument("--config", help="YAML config file (v1 keys under 'base:')")
     ap.add_argument("--port", type=int, help=f"API port (default {d.port})")
@@ -112,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["version"]:
         print(f"supernode {__version__}")
         return 0
+    if argv[:1] == ["preheat"]:
+        from damselfly.supernode.preheat_cli import main as preheat_main
+
+        return preheat_main(argv[1:])
     try:
         cfg = load_config(argv)
         cfg.home_dir.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from damselfly.supernode.preheat import RUNNING, WAITING
+
 if TYPE_CHECKING:
     from damselfly.supernode.app import Supernode
 
@@ -55,6 +57,54 @@ class _StateCollector(Collector):
         for kind, n in (s.get("failures_by_kind") or {}).items():
             fails.add_metric([kind or "other"], n)
         yield fails
+        assigned = CounterMetricFamily(
+            f"{NS}_piece_assignments",
+            "Pieces the scheduler handed out, by the source it chose",
+            labels=["source"],
+        )
+        for kind, n in (s.get("assignments_by_source") or {}).items():
+            assigned.add_metric([kind], n)
+        yield assigned
+        yield GaugeMetricFamily(
+            f"{NS}_pieces_inflight",
+            "Piece transfers assigned and not yet reported",
+            s.get("inflight", 0),
+        )
+        yield CounterMetricFamily(
+            f"{NS}_piece_timeouts",
+            "Assigned pieces released because no report came in time",
+            s.get("timeouts", 0),
+        )
+        yield CounterMetricFamily(
+            f"{NS}_isolations", "Peers isolated for failing as a source", s.get("isolations", 0)
+        )
+        yield CounterMetricFamily(
+            f"{NS}_cdn_fetches", "Origin fetches the CDN started", c.get("fetches_started", 0)
+        )
+        yield CounterMetricFamily(
+            f"{NS}_cdn_fetch_failures", "Origin fetches that failed", c.get("fetches_failed", 0)
+        )
+        yield CounterMetricFamily(
+            f"{NS}_cdn_revalidations",
+            "Conditional requests that revalidated a cached task",
+            c.get("revalidations", 0),
+        )
+        yield CounterMetricFamily(
+            f"{NS}_cdn_pieces_lost", "Cached pieces found corrupt", c.get("pieces_lost", 0)
+        )
+        pre = self.node.preheater
+        done = CounterMetricFamily(
+            f"{NS}_preheats", "Preheat jobs finished, by status", labels=["status"]
+        )
+        for status, n in pre.counts.items():
+            done.add_metric([status], n)
+        yield done
+        active = GaugeMetricFamily(
+            f"{NS}_preheats_active", "Preheat jobs waiting or running", labels=["status"]
+        )
+        for status in (WAITING, RUNNING):
+            active.add_metric([status], sum(j.status == status for j in pre.jobs()))
+        yield active
 
 
 class SupernodeMetrics:
@@ -64,6 +114,21 @@ class SupernodeMetrics:
         self.piece_bytes_served = Counter(
             f"{NS}_piece_bytes_served",
             "Piece bytes the supernode's piece server sent",
+            registry=self.registry,
+        )
+        self.pieces_served = Counter(
+            f"{NS}_pieces_served",
+            "Pieces the supernode's piece server sent",
+            registry=self.registry,
+        )
+        self.downloads_done = Counter(
+            f"{NS}_downloads_done",
+            "Peer downloads the scheduler saw through to the last piece",
+            registry=self.registry,
+        )
+        self.preheated_bytes = Counter(
+            f"{NS}_preheated_bytes",
+            "Bytes of tasks preheat jobs found or put in the CDN",
             registry=self.registry,
         )
         self.registrations = Counter(
