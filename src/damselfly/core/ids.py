@@ -28,7 +28,10 @@ def validate_url(url: str) -> str:
         raise BadRequest(f"url longer than {MAX_URL_LEN} characters")
     if any(c in url for c in "\r\n\x00 "):
         raise BadRequest("url contains whitespace or control characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:  # "Invalid IPv6 URL", netloc characters changed by NFKC
+        raise BadRequest("url is malformed", "check the host part of the URL") from e
     if parts.scheme not in ("http", "https"):
         raise BadRequest(f"unsupported url scheme {parts.scheme!r}", "only http and https URLs")
     if not parts.hostname:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from damselfly.core.errors import ConfigError
@@ -20,8 +21,8 @@ def parse_size(text: str | int | float, what: str = "size") -> int:
     if isinstance(text, bool):
         raise ConfigError(f"invalid {what}: {text!r}", "use a number with K/M/G, e.g. 20M")
     if isinstance(text, int | float):
-        if text < 0:
-            raise ConfigError(f"invalid {what}: {text!r}", "must not be negative")
+        if not math.isfinite(text) or text < 0:
+            raise ConfigError(f"invalid {what}: {text!r}", "must be a finite, non-negative number")
         return int(text)
     m = _SIZE_RE.match(str(text))
     if not m or len(str(text)) > 32:
@@ -45,8 +46,8 @@ def parse_duration(text: str | int | float, what: str = "duration") -> float:
     if isinstance(text, bool):
         raise ConfigError(f"invalid {what}: {text!r}", "use e.g. 30s, 3m, 1h")
     if isinstance(text, int | float):
-        if text < 0:
-            raise ConfigError(f"invalid {what}: {text!r}", "must not be negative")
+        if not math.isfinite(text) or text < 0:
+            raise ConfigError(f"invalid {what}: {text!r}", "must be a finite, non-negative number")
         return float(text)
     s = str(text).strip().lower()
     if len(s) > 32:
@@ -56,8 +57,8 @@ def parse_duration(text: str | int | float, what: str = "duration") -> float:
     except ValueError:
         pass
     else:
-        if value < 0:
-            raise ConfigError(f"invalid {what}: {text!r}", "must not be negative")
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"invalid {what}: {text!r}", "must be a finite, non-negative number")
         return value
     total = 0.0
     pos = 0

@@ -80,7 +80,7 @@ class EngineConfig:
 def validate_port(value: int | str, what: str = "port") -> int:
     try:
         port = int(value)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise ConfigError(f"invalid {what} {value!r}", "give a number 0..65535") from e
     if not 0 <= port <= 65535:
         raise ConfigError(f"invalid {what} {port}", "give a number 0..65535")

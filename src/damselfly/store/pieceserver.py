@@ -98,7 +98,8 @@ class PieceServer:
         try:
             task_id = validate_task_id(request.match_info["task_id"])
             num_text = request.match_info["num"]
-            if not num_text.isdigit() or len(num_text) > 8:
+            # ASCII digits only: str.isdigit() also accepts '²', which int() refuses (was a 500)
+            if not (num_text.isascii() and num_text.isdigit()) or len(num_text) > 8:
                 raise BadRequest("invalid piece number")
             num = int(num_text)
         except BadRequest as e:

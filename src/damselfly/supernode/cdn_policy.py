@@ -159,7 +159,9 @@ def parse_content_range(value: str | None) -> tuple[int, int, int] | None:
 
 def parse_content_length(value: str | None) -> int | None:
     """A valid Content-Length, or None (absent or malformed: treat the body as unbounded)."""
-    if value is None or not value.strip().isdigit() or len(value.strip()) > 16:
+    if value is None or not value.strip().isdecimal() or not value.strip().isascii():
+        return None
+    if len(value.strip()) > 16:
         return None
     return int(value.strip())
 

@@ -148,7 +148,7 @@ def load_yaml(path: Path, cfg: SupernodeConfig) -> list[str]:
         name, parse = _V1_KEYS[key]
         try:
             setattr(cfg, name, parse(value))
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise ConfigError(f"invalid value for base.{key} in {path}: {value!r}") from e
     return ignored
 
