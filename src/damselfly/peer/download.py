@@ -51,12 +51,20 @@ from damselfly.peer.backsource import back_source
 from damselfly.peer.fetch import OriginAccess, PieceFetcher, ssl_for
 from damselfly.peer.net import local_ip_for
 from damselfly.peer.output import check_output_dir, check_room, place, same_filesystem
+from damselfly.peer.piececlient import PieceClient
 from damselfly.peer.plan import DownloadPlan
 from damselfly.peer.request import DownloadRequest, compute_timeout
 from damselfly.peer.snclient import Rejected, SupernodeClient, SupernodeDown, TaskLost
 from damselfly.peer.store import LocalStore, TaskData
 from damselfly.peer.tasks import TaskOwner
-from damselfly.peer.wholefile import Expected, PrefixHasher, expected_digest
+from damselfly.peer.wholefile import (
+    Confirmed,
+    Expected,
+    PrefixHasher,
+    expected_digest,
+    needs_full_hash,
+    pieces_suffice,
+)
 
 log = logging.getLogger("damselfly.peer.download")
 
@@ -90,6 +98,8 @@ class Services:
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     #: called when a task was registered at a supernode (heartbeats and leave go there)
     on_registered: Callable[[Node, TaskData], None] = lambda node, td: None
+    #: kept-alive connections to peers and supernodes for piece fetches (closed by the engine)
+    pieces: PieceClient = field(default_factory=PieceClient)
 
 
 @dataclass(slots=True)
@@ -151,6 +161,11 @@ class Download:
         self._started = svc.clock.now()
         self._last_progress = 0.0
         self.origin = OriginAccess(req.url, req.headers)
+        #: pieces verified against the current supernode's digests (for the whole-file check)
+        self._confirmed = Confirmed()
+        #: streaming hook (dfdaemon): called with the task's local copy when it is opened and
+        #: again after each piece is verified and written; it must not block or raise
+        self.on_piece: Callable[[TaskData], None] | None = None
 
     # -- entry -----------------------------------------------------------------------------
 
@@ -343,16 +358,30 @@ class Download:
                 except NoSpaceError as e:
                     raise Fatal(REASON_NO_SPACE, str(e)) from None
             self.svc.on_registered(node, td)
+            if self.on_piece is not None:
+                self.on_piece(td)
+            t0 = self.svc.clock.now()
             plan, hasher = await self._piece_loop(node, reg, td)
+            t1 = self.svc.clock.now()
             try:
                 await self._check_whole(td, plan, hasher)
             finally:
                 await hasher.close()
+            t2 = self.svc.clock.now()
             try:
                 how = await asyncio.to_thread(place, td.path, self.req.output)
             except NoSpaceError as e:
                 raise Fatal(REASON_NO_SPACE, str(e)) from None
-            log.info("placed %s (%s) from task %s", self.req.output, how, td.task_id[:12])
+            log.info(
+                "placed %s (%s) from task %s: pieces in %.3fs, whole-file check %.3fs more, "
+                "placing %.3fs",
+                self.req.output,
+                how,
+                td.task_id[:12],
+                t1 - t0,
+                t2 - t1,
+                self.svc.clock.now() - t2,
+            )
         finally:
             await store.release(td)
 
@@ -362,9 +391,10 @@ class Download:
         svc = self.svc
         plan = DownloadPlan.start(PiecePlan(reg.length, reg.piece_size), td.held)
         fetcher = PieceFetcher(
-            svc.session, reg.task_id, self.origin, self.limiters, svc.stall_timeout
+            svc.session, reg.task_id, self.origin, self.limiters, svc.stall_timeout, svc.pieces
         )
         hasher = self._hasher(td, plan)
+        self._confirmed.clear()  # confirmations hold for one supernode's digests
         changed = asyncio.Event()
         fatal: list[BaseException] = []
         fetches = TaskOwner(f"dl-{reg.task_id[:8]}")
@@ -407,8 +437,10 @@ class Download:
                     await hasher.close()
                     await svc.store.reset(td)
                     plan.drop_local_copy()
+                    self._confirmed.clear()
                     hasher = self._hasher(td, plan)
                     decision = plan.on_response(resp)
+                self._confirmed.on_assigned(resp.pieces, td.verified_here)
                 for a in decision.fetch:
                     fetches.spawn(
                         self._fetch_one(fetcher, plan, td, a, hasher, changed, fatal),
@@ -438,6 +470,7 @@ class Download:
             return plan, hasher
         finally:
             await fetches.close()
+            await fetcher.close()
             for k, v in plan.bytes_from.items():
                 self.bytes_from[k] += v
             if not ok:
@@ -447,7 +480,8 @@ class Download:
         hasher = PrefixHasher(
             "md5" if self.req.md5 else "sha256", td.fd, plan.pieces, lambda n: n in td.held
         )
-        hasher.start(f"hash-{td.task_id[:8]}")
+        if needs_full_hash(self.req.md5, self.url_sha256):
+            hasher.start(f"hash-{td.task_id[:8]}")  # else only if the pieces do not suffice
         return hasher
 
     async def _fetch_one(
@@ -461,8 +495,8 @@ class Download:
         fatal: list[BaseException],
     ) -> None:
         try:
-            buf = await fetcher.fetch(a)
-            await self.svc.store.write_piece(td, a.num, buf, a.digest)
+            async with fetcher.piece(a) as buf:
+                await self.svc.store.write_piece(td, a.num, buf, a.digest)
         except PieceFetchError as e:
             log.info("piece %d from %s failed: %s", a.num, a.source.id, e.message)
             plan.on_piece(a.num, False, e.kind)
@@ -480,7 +514,10 @@ class Download:
         else:
             log.debug("piece %d from %s (%s) verified", a.num, a.source.id, a.source.kind)
             plan.on_piece(a.num, True, nbytes=a.size)
+            self._confirmed.on_verified(a.num, a.digest)
             hasher.poke()
+            if self.on_piece is not None:
+                self.on_piece(td)
             self._progress(plan.held_bytes, plan.pieces.length, force=plan.complete)
         finally:
             changed.set()
@@ -494,6 +531,9 @@ class Download:
             return
         if exp.algo == "sha256" and td.file_sha256 == exp.hexdigest:
             return  # this very data file was verified before and never rewritten since
+        if pieces_suffice(exp, self._confirmed, plan.pieces.count, td.confirmed_sha256):
+            td.confirmed_sha256 = exp.hexdigest
+            return  # every byte was verified against the supernode's piece digests
         got = await hasher.result()
         if got != exp.hexdigest:
             await self.svc.store.reset(td)

@@ -186,6 +186,8 @@ class Engine:
                 return_exceptions=True,
             )
         await self.store.close()
+        if self.services is not None:
+            await self.services.pieces.close()
         if self._session is not None:
             await self._session.close()
         log.info("engine stopped")

@@ -1,17 +1,23 @@
 """Fetching one piece from the source the scheduler named, into a buffer of exactly its size.
 
-``peer`` / ``supernode`` sources: ``GET http://ip:port/pieces/{task}/{num}``. ``origin``: a Range
-GET on the task's URL with the user's headers. Every received chunk is paced by the task's and
-the host's rate limiters. A source that sends nothing for ``stall`` seconds, answers an error,
-or sends too few or too many bytes fails the piece with a failure kind from the protocol
+``peer`` / ``supernode`` sources: ``GET http://ip:port/pieces/{task}/{num}`` through the engine's
+``PieceClient`` (the body lands in the buffer by ``recv_into``). ``origin``: a Range GET on the
+task's URL with the user's headers, through aiohttp (TLS, redirects, proxies of the origin's
+world). Buffers come from a per-download ``BufferPool``: ``fetch`` hands one out, the caller gives
+it back with ``release`` once the piece is written. Every received chunk is paced by the task's
+and the host's rate limiters. A source that sends nothing for ``stall`` seconds, answers an
+error, or sends too few or too many bytes fails the piece with a failure kind from the protocol
 (``connect``, ``timeout``, ``http``, ``short``, ``other``); digests are checked by the store.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import re
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -19,6 +25,7 @@ import aiohttp
 from damselfly.core.errors import DamselflyError, PieceFetchError
 from damselfly.core.protocol import PieceAssignment
 from damselfly.core.ratelimit import AsyncLimiter, acquire_all
+from damselfly.peer.piececlient import BufferPool, PieceClient
 
 CONNECT_TIMEOUT = 5.0
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -42,6 +49,8 @@ def piece_url(ip: str, port: int, task_id: str, num: int) -> str:
 
 
 class PieceFetcher:
+    """Fetches the pieces of one download; ``close()`` unmaps its buffers when it is over."""
+
     def __init__(
         self,
         session: aiohttp.ClientSession,
@@ -49,43 +58,84 @@ class PieceFetcher:
         origin: OriginAccess,
         limiters: list[AsyncLimiter | None],
         stall: float,
+        pieces: PieceClient | None = None,
     ) -> None:
         self.session = session
         self.task_id = task_id
         self.origin = origin
         self.limiters = limiters
+        self.stall = stall
         self.timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=min(CONNECT_TIMEOUT, stall * 2), sock_read=stall
         )
+        self._own_client = pieces is None
+        self.pieces = pieces if pieces is not None else PieceClient()
+        self.buffers = BufferPool()
 
-    async def fetch(self, a: PieceAssignment) -> bytearray:
-        """The piece's bytes (exactly ``a.size``), or PieceFetchError with a failure kind."""
-        if a.source.kind == "origin":
-            end = a.start + a.size - 1
-            headers = dict(self.origin.headers)
-            headers["Range"] = f"bytes={a.start}-{end}"
-            headers["Accept-Encoding"] = "identity"
-            return await self._get(self.origin.url, headers, a, ranged=True)
-        if not a.source.ip or not a.source.port:
-            raise PieceFetchError("the scheduler named a source without an address", "other")
-        url = piece_url(a.source.ip, a.source.port, self.task_id, a.num)
-        return await self._get(url, {"Accept-Encoding": "identity"}, a, ranged=False)
+    async def fetch(self, a: PieceAssignment) -> memoryview:
+        """The piece's bytes (exactly ``a.size``), or PieceFetchError with a failure kind.
+
+        The view is a pool buffer: hand it back with ``release()`` once the piece is written.
+        """
+        buf = self.buffers.get(a.size)
+        try:
+            if a.source.kind == "origin":
+                end = a.start + a.size - 1
+                headers = dict(self.origin.headers)
+                headers["Range"] = f"bytes={a.start}-{end}"
+                headers["Accept-Encoding"] = "identity"
+                await self._get(self.origin.url, headers, a, buf)
+                return buf
+            if not a.source.ip or not a.source.port:
+                raise PieceFetchError("the scheduler named a source without an address", "other")
+            path = f"/pieces/{self.task_id}/{a.num}"
+            await self.pieces.get_into(
+                a.source.ip, a.source.port, path, buf, self.stall, self.limiters
+            )
+            return buf
+        except BaseException:
+            self.buffers.put(buf)  # nothing writes into it any more (the socket is dropped)
+            raise
+
+    @contextlib.asynccontextmanager
+    async def piece(self, a: PieceAssignment) -> AsyncIterator[memoryview]:
+        """``fetch(a)``, then ``release()`` the buffer when the block is done with it."""
+        buf = await self.fetch(a)
+        reuse = True
+        try:
+            yield buf
+        except asyncio.CancelledError:
+            reuse = False  # a worker thread (a cancelled to_thread) may still read the buffer
+            raise
+        finally:
+            self.release(buf, reuse)
+
+    def release(self, buf: memoryview, reuse: bool = True) -> None:
+        """A fetched piece's buffer is free again; ``reuse=False`` when something may still read
+        it (a cancelled worker thread): it is then just dropped, and unmapped once unused."""
+        if reuse:
+            self.buffers.put(buf)
+
+    async def close(self) -> None:
+        self.buffers.close()
+        if self._own_client:
+            await self.pieces.close()
 
     async def _get(
-        self, url: str, headers: dict[str, str], a: PieceAssignment, ranged: bool
-    ) -> bytearray:
-        ssl_arg = self.origin.ssl if ranged else None
+        self, url: str, headers: dict[str, str], a: PieceAssignment, buf: memoryview
+    ) -> None:
+        """A ranged GET on the origin, into ``buf``."""
         try:
             async with self.session.get(
                 url,
                 headers=headers,
                 timeout=self.timeout,
-                ssl=ssl_arg if ssl_arg is not None else True,
-                allow_redirects=ranged,
+                ssl=self.origin.ssl if self.origin.ssl is not None else True,
+                allow_redirects=True,
                 auto_decompress=False,
             ) as resp:
-                self._check_status(resp, a, ranged)
-                return await self._read(resp, a)
+                self._check_status(resp, a)
+                await self._read(resp, a, buf)
         except PieceFetchError:
             raise
         except (aiohttp.ClientConnectorError, ConnectionRefusedError) as e:
@@ -99,36 +149,30 @@ class PieceFetcher:
         except (aiohttp.ClientError, OSError) as e:
             raise PieceFetchError(f"fetch failed: {e!r}", "other") from e
 
-    def _check_status(self, resp: aiohttp.ClientResponse, a: PieceAssignment, ranged: bool) -> None:
-        if ranged:
-            if resp.status != 206:
-                raise PieceFetchError(
-                    f"the origin answered {resp.status} to a Range request", "http"
-                )
-            m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-            if not m or int(m.group(1)) != a.start or int(m.group(2)) != a.start + a.size - 1:
-                raise PieceFetchError("the origin answered another range than asked", "http")
-        elif resp.status != 200:
-            raise PieceFetchError(f"the source answered {resp.status}", "http")
+    def _check_status(self, resp: aiohttp.ClientResponse, a: PieceAssignment) -> None:
+        if resp.status != 206:
+            raise PieceFetchError(f"the origin answered {resp.status} to a Range request", "http")
+        m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+        if not m or int(m.group(1)) != a.start or int(m.group(2)) != a.start + a.size - 1:
+            raise PieceFetchError("the origin answered another range than asked", "http")
         if resp.content_length is not None and resp.content_length != a.size:
             raise PieceFetchError(
                 f"the source announced {resp.content_length} bytes, expected {a.size}", "http"
             )
 
-    async def _read(self, resp: aiohttp.ClientResponse, a: PieceAssignment) -> bytearray:
-        buf = bytearray(a.size)
-        view = memoryview(buf)
+    async def _read(
+        self, resp: aiohttp.ClientResponse, a: PieceAssignment, buf: memoryview
+    ) -> None:
         got = 0
         async for chunk in resp.content.iter_any():
             n = len(chunk)
             if got + n > a.size:
                 raise PieceFetchError("the source sent more bytes than the piece holds", "http")
-            view[got : got + n] = chunk
+            buf[got : got + n] = chunk
             got += n
             await acquire_all(self.limiters, n)
         if got != a.size:
             raise PieceFetchError(f"the source sent {got} of {a.size} bytes", "short")
-        return buf
 
 
 def ssl_for(cacerts: list[str], insecure: bool) -> ssl.SSLContext | bool | None:

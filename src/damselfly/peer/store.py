@@ -1,5 +1,7 @@
 """The engine's local store under ``$HOME/data``: one preallocated data file per task and a small
-meta file listing the pieces held (with their sha256) and the whole file's verified sha256.
+meta file listing the pieces held (with their sha256) and what is known of the whole file: the
+sha256 it was hashed to, or the supernode digest under which all its pieces were confirmed
+(``wholefile.py``).
 
 It is the engine's ``PieceProvider``: the upload server asks it where a piece lies, and it answers
 only for pieces held *verified* (a piece is marked held after its digest matched). A data file is
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,12 +45,19 @@ class TaskData:
     piece_size: int
     path: Path
     held: dict[int, str] = field(default_factory=dict)  # piece → hex sha256 ("" = unverified)
-    file_sha256: str = ""  # set once the whole file was verified
+    file_sha256: str = ""  # set once the whole file was hashed and matched this digest
+    #: the supernode's whole-file digest under which every piece was verified against the
+    #: supernode's per-piece sha256 (see wholefile.py); "" = not known
+    confirmed_sha256: str = ""
     upload: bool = True  # False for pattern "cdn": download only, serve nothing
     last_used: float = 0.0
     active: int = 0  # downloads using it right now
     nodes: set[str] = field(default_factory=set)  # supernode base URLs that know we hold it
     fd: int = -1
+    #: pieces this engine process verified and wrote itself (not those read back from a meta)
+    verified_here: dict[int, str] = field(default_factory=dict)
+    #: one piece written at a time (see verify_and_write); taken in worker threads only
+    write_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def plan(self) -> PiecePlan:
@@ -68,6 +78,7 @@ class TaskData:
             "piece_size": self.piece_size,
             "held": {str(n): d for n, d in sorted(self.held.items())},
             "file_sha256": self.file_sha256,
+            "confirmed_sha256": self.confirmed_sha256,
             "upload": self.upload,
         }
 
@@ -83,17 +94,28 @@ def free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def verify_and_write(fd: int, buf: bytearray | bytes, offset: int, digest: str) -> None:
-    """In a worker thread: check the piece's sha256, then pwrite it all (raises IntegrityError)."""
+def verify_and_write(
+    fd: int,
+    buf: memoryview | bytearray | bytes,
+    offset: int,
+    digest: str,
+    lock: threading.Lock | None = None,
+) -> None:
+    """In a worker thread: check the piece's sha256, then pwrite it all (raises IntegrityError).
+
+    Pieces of one file are hashed in parallel but written one at a time under ``lock``: the
+    kernel serialises buffered writes to a file anyway (its inode lock), and waiting threads
+    would spin on that lock, burning the CPU the hashing needs.
+    """
     if digest:
         got = hashlib.sha256(buf).hexdigest()
         if got != digest.lower():
             raise IntegrityError(f"piece digest mismatch: got {got[:16]}…, expected {digest[:16]}…")
-    view = memoryview(buf)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
+    with lock if lock is not None else contextlib.nullcontext(), memoryview(buf) as view:
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view = view[n:]
+            offset += n
 
 
 class LocalStore:
@@ -157,6 +179,7 @@ class LocalStore:
                 data_path,
                 held=held,
                 file_sha256=str(obj.get("file_sha256") or ""),
+                confirmed_sha256=str(obj.get("confirmed_sha256") or ""),
                 upload=bool(obj.get("upload", True)),
             )
         except (OSError, ValueError, KeyError, TypeError):
@@ -221,14 +244,20 @@ class LocalStore:
         """Drop a stale copy and start an empty one (a new inode: linked outputs keep theirs)."""
         await self._drop_files(td)
         td.held.clear()
+        td.verified_here.clear()
         td.file_sha256 = ""
+        td.confirmed_sha256 = ""
         td.fd = await asyncio.to_thread(self._open_file, td)
 
-    async def write_piece(self, td: TaskData, num: int, buf: bytearray, digest: str) -> None:
+    async def write_piece(
+        self, td: TaskData, num: int, buf: memoryview | bytearray, digest: str
+    ) -> None:
         """Verify ``buf`` against ``digest`` and write it, off the loop; then mark it held."""
         start = td.plan.start(num)
-        await asyncio.to_thread(verify_and_write, td.fd, buf, start, digest)
+        await asyncio.to_thread(verify_and_write, td.fd, buf, start, digest, td.write_lock)
         td.held[num] = digest.lower()
+        if digest:
+            td.verified_here[num] = digest.lower()
         td.last_used = self.clock.now()
 
     def touch(self, task_id: str) -> None:

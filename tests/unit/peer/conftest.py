@@ -109,6 +109,7 @@ async def make_host(tmp_path: Path) -> AsyncIterator[HostFactory]:
         async def close() -> None:
             await runner.cleanup()
             await store.close()
+            await svc.pieces.close()
             await session.close()
 
         cleanups.append(close)

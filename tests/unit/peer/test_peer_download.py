@@ -25,6 +25,7 @@ from damselfly.core.ids import task_id
 from damselfly.core.nodes import parse_nodes, rendezvous_order
 from damselfly.peer.download import Download, DownloadResult
 from damselfly.peer.request import DownloadRequest
+from damselfly.peer.store import LocalStore
 from tests.procs import free_port
 from tests.unit.peer.conftest import PIECE, Host, HostFactory, OriginServer
 from tests.unit.peer.fake_supernode import FakeSupernode
@@ -224,15 +225,68 @@ async def test_supernode_dying_mid_download_moves_to_the_next(
     assert any(r.ok and r.bytes == 0 for _, r in other.results)
 
 
-async def test_whole_file_mismatch_falls_back_to_the_origin(
+async def test_pieces_verified_against_the_supernode_stand_for_its_file_digest(
     origin: OriginServer, supernode: FakeSupernode, make_host: HostFactory
 ) -> None:
+    # every piece was verified against the supernode's per-piece sha256 before it was written:
+    # the file is the supernode's pieces, so its whole-file digest is not hashed again
     src = origin.put("f.bin", 4 * PIECE)
     supernode.file_sha256_override = "0" * 64
     host = await make_host("a")
     res = await download(host, origin.url("f.bin"), [supernode.addr])
+    assert res.ok and res.reason == REASON_NONE, res
+    assert sha(host.out / "file.bin") == sha(src) and leftovers(host) == []
+    td = host.svc.store.tasks[task_id(origin.url("f.bin"))]
+    assert (td.confirmed_sha256, td.file_sha256) == ("0" * 64, "")
+
+
+async def test_whole_file_mismatch_falls_back_to_the_origin(
+    origin: OriginServer, supernode: FakeSupernode, make_host: HostFactory
+) -> None:
+    # the local copy is complete, but this time the supernode confirms none of its pieces (it
+    # knows this host holds them all) and names another file digest: the file is hashed in full
+    src = origin.put("f.bin", 4 * PIECE)
+    host = await make_host("a")
+    assert (await download(host, origin.url("f.bin"), [supernode.addr], name="first.bin")).ok
+    supernode.file_sha256_override = "0" * 64
+    res = await download(host, origin.url("f.bin"), [supernode.addr])
+    assert res.ok and res.reason == REASON_MD5_MISMATCH, res
+    assert sha(host.out / "file.bin") == sha(src)
+    assert sorted(os.listdir(host.out)) == ["file.bin", "first.bin"]
+
+
+async def test_pieces_kept_from_an_earlier_run_are_hashed_not_trusted(
+    origin: OriginServer, supernode: FakeSupernode, make_host: HostFactory
+) -> None:
+    # a download stopped half way by a dying supernode leaves verified pieces in the store; after
+    # a restart of the engine (a new store reading the metas), one of them rots on disk
+    src = origin.put("f.bin", 20 * PIECE)
+    host = await make_host("a")
+    supernode.die_after = 1  # the first answer assigns 8 pieces (the down limit), then silence
+    url = origin.url("f.bin")
+    assert (await download(host, url, [supernode.addr], notbs=True)).ok is False
+    tid = task_id(url)
+    kept = sorted(host.svc.store.tasks[tid].held)
+    assert 0 < len(kept) <= 8
+    await host.svc.store.close()
+    data = host.svc.store.tasks[tid].path
+    with open(data, "r+b") as f:
+        f.seek(kept[0] * PIECE + 5)
+        f.write(b"\x00rot\x00")
+    restarted = LocalStore(host.svc.store.dir, host.svc.clock)
+    await restarted.load()
+    host.svc.store = restarted
+    fresh = await FakeSupernode(origin.root, PIECE, origin.url("")).start()
+    try:
+        res = await download(host, url, [fresh.addr])
+    finally:
+        await fresh.stop()
+        await restarted.close()
+    # the fresh supernode assigned every piece; the kept ones were reported held, not refetched,
+    # so only the full hash could see the rot: the file came from the origin instead
     assert res.ok and res.reason == REASON_MD5_MISMATCH, res
     assert sha(host.out / "file.bin") == sha(src) and leftovers(host) == []
+    assert sorted(r.piece for _, r in fresh.results if r.ok and r.bytes == 0) == kept
 
 
 async def test_wrong_md5_fails_and_leaves_nothing(

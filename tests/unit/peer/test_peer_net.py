@@ -166,6 +166,35 @@ async def test_fetch_is_paced_by_every_limiter(
     assert [round(lim.bucket.tokens) for lim in lims if lim] == [100_000 - 1024, 200_000 - 1024]
 
 
+async def test_piece_buffers_are_reused_but_not_after_a_cancel(
+    serve: Serve, session: aiohttp.ClientSession
+) -> None:
+    port = await serve("GET", "/pieces/{task}/{num}", piece)
+    f = fetcher(session)
+    async with f.piece(assignment(port)) as buf:
+        assert bytes(buf) == BODY[1024:2048]
+        first = buf.obj
+    async with f.piece(assignment(port, num=2)) as buf:
+        assert buf.obj is first and bytes(buf) == BODY[2048:3072]
+    holding = asyncio.Event()
+
+    async def cancelled_while_writing() -> None:
+        async with f.piece(assignment(port)) as buf:
+            assert buf.obj is first
+            holding.set()
+            await asyncio.Event().wait()  # e.g. a worker thread still reads the buffer
+
+    task = asyncio.create_task(cancelled_while_writing())
+    await holding.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    async with f.piece(assignment(port)) as buf:
+        assert buf.obj is not first and f.buffers.made == 2
+    assert f.pieces.connects == 1  # one kept-alive connection for all four
+    await f.close()
+    assert f.pieces.closed and f.buffers.free == []
+
+
 def test_piece_url() -> None:
     assert piece_url("10.0.0.1", 80, TID, 3) == f"http://10.0.0.1:80/pieces/{TID}/3"
     assert piece_url("::1", 80, TID, 3) == f"http://[::1]:80/pieces/{TID}/3"

@@ -11,6 +11,7 @@ import pytest
 
 from damselfly.core.errors import DamselflyError, NoSpaceError
 from damselfly.core.pieces import PiecePlan
+from damselfly.core.protocol import PieceAssignment, PieceSource
 from damselfly.peer.output import (
     check_output_dir,
     check_room,
@@ -18,7 +19,16 @@ from damselfly.peer.output import (
     place,
     temp_path,
 )
-from damselfly.peer.wholefile import Expected, PrefixHasher, expected_digest
+from damselfly.peer.wholefile import (
+    WINDOW,
+    Confirmed,
+    Expected,
+    PrefixHasher,
+    expected_digest,
+    hash_range,
+    needs_full_hash,
+    pieces_suffice,
+)
 
 
 def test_place_links_then_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -117,3 +127,85 @@ async def test_prefix_hasher_close_stops_it(tmp_path: Path) -> None:
         assert h._task is not None and h._task.done()
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("links", [1, 2])
+def test_hash_range_reads_any_range(tmp_path: Path, links: int) -> None:
+    # one link: mapped windows; two (an output shares the inode): pread
+    content = os.urandom(3 * WINDOW + 12345)
+    path = tmp_path / "data"
+    path.write_bytes(content)
+    if links == 2:
+        os.link(path, tmp_path / "output")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for start, end in [(0, len(content)), (5, 5), (4097, WINDOW + 3), (WINDOW, len(content))]:
+            h = hashlib.sha256()
+            hash_range(fd, h, start, end)
+            assert h.hexdigest() == hashlib.sha256(content[start:end]).hexdigest()
+        with pytest.raises(OSError, match="shorter"):
+            hash_range(fd, hashlib.sha256(), 0, len(content) + 1)
+    finally:
+        os.close(fd)
+
+
+def a(num: int, digest: str) -> PieceAssignment:
+    return PieceAssignment(num, num * 10, 10, digest, PieceSource("sn", "supernode", "h", 1))
+
+
+@pytest.mark.parametrize(
+    ("verified", "assigned", "here", "count", "covered"),
+    [
+        # fetched and verified in this download, each against its assignment's digest
+        ({0: "aa", 1: "bb", 2: "cc"}, [], {}, 3, True),
+        # a piece that came without a digest was written unverified
+        ({0: "aa", 1: "", 2: "cc"}, [], {}, 3, False),
+        # verified by this process earlier, assigned again with the same digest
+        ({0: "aa"}, [a(1, "BB"), a(2, "cc")], {1: "bb", 2: "cc"}, 3, True),
+        # assigned again with another digest, or held only from an earlier run's meta
+        ({0: "aa"}, [a(1, "bb"), a(2, "dd")], {1: "bb", 2: "cc"}, 3, False),
+        ({0: "aa"}, [a(1, "bb"), a(2, "cc")], {1: "bb"}, 3, False),
+        ({}, [], {}, 0, True),  # an empty file
+    ],
+)
+def test_confirmed_pieces(
+    verified: dict[int, str],
+    assigned: list[PieceAssignment],
+    here: dict[int, str],
+    count: int,
+    covered: bool,
+) -> None:
+    c = Confirmed()
+    for num, d in verified.items():
+        c.on_verified(num, d)
+    c.on_assigned(assigned, here)
+    assert c.covers(count) is covered
+    c.clear()
+    assert c.covers(count) is (count == 0)
+
+
+@pytest.mark.parametrize(
+    ("exp", "all_confirmed", "confirmed_sha256", "suffice"),
+    [
+        (Expected("sha256", "cc", "the supernode"), True, "", True),
+        (Expected("sha256", "cc", "the supernode"), False, "", False),
+        (Expected("sha256", "cc", "the supernode"), False, "cc", True),  # confirmed earlier
+        (Expected("sha256", "cc", "the supernode"), False, "dd", False),  # under another digest
+        (Expected("sha256", "cc", "the sha256 in the URL"), True, "cc", False),
+        (Expected("md5", "cc", "--md5"), True, "cc", False),
+    ],
+)
+def test_when_the_pieces_stand_for_the_whole_file(
+    exp: Expected, all_confirmed: bool, confirmed_sha256: str, suffice: bool
+) -> None:
+    c = Confirmed()
+    for n in range(4 if all_confirmed else 3):
+        c.on_verified(n, "ab")
+    assert pieces_suffice(exp, c, 4, confirmed_sha256) is suffice
+
+
+@pytest.mark.parametrize(
+    ("md5", "url_sha256", "full"), [("", None, False), ("ab", None, True), ("", "cd", True)]
+)
+def test_needs_full_hash(md5: str, url_sha256: str | None, full: bool) -> None:
+    assert needs_full_hash(md5, url_sha256) is full

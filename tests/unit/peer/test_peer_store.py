@@ -58,15 +58,19 @@ async def test_metas_survive_a_restart_and_orphans_are_removed(tmp_path: Path) -
     td = await store.open_task(TID, 2 * PS, PS)
     piece = bytearray(os.urandom(PS))
     await store.write_piece(td, 0, piece, digest(piece))
-    td.file_sha256 = "f" * 64
+    await store.write_piece(td, 1, bytearray(PS), "")
+    assert td.verified_here == {0: digest(piece)}  # piece 1 came without a digest
+    td.file_sha256, td.confirmed_sha256 = "f" * 64, "e" * 64
     await store.release(td)
     (tmp_path / ("b" * 64 + ".data")).write_bytes(b"orphan")  # no meta
     (tmp_path / ("c" * 64 + ".meta.json")).write_text("{not json")  # broken meta
     again = LocalStore(tmp_path, FakeClock())
     await again.load()
     assert list(again.tasks) == [TID]
-    assert again.tasks[TID].held == {0: digest(piece)}
+    assert again.tasks[TID].held == {0: digest(piece), 1: ""}
     assert again.tasks[TID].file_sha256 == "f" * 64
+    assert again.tasks[TID].confirmed_sha256 == "e" * 64
+    assert again.tasks[TID].verified_here == {}  # verified by an earlier process, not this one
     assert sorted(os.listdir(tmp_path)) == [TID + ".data", TID + ".meta.json"]
 
 
@@ -76,8 +80,10 @@ async def test_reset_starts_a_new_file_and_linked_outputs_keep_theirs(tmp_path: 
     old = bytearray(os.urandom(PS))
     await store.write_piece(td, 0, old, digest(old))
     os.link(td.path, tmp_path / "output")
+    td.file_sha256 = td.confirmed_sha256 = "f" * 64
     await store.reset(td)
-    assert td.held == {} and td.file_sha256 == ""
+    assert td.held == {} and td.verified_here == {}
+    assert td.file_sha256 == td.confirmed_sha256 == ""
     new = bytearray(os.urandom(PS))
     await store.write_piece(td, 0, new, digest(new))
     assert (tmp_path / "output").read_bytes() == old
