@@ -496,7 +496,7 @@ class Download:
     ) -> None:
         try:
             async with fetcher.piece(a) as buf:
-                await self.svc.store.write_piece(td, a.num, buf, a.digest)
+                got = await self.svc.store.write_piece(td, a.num, buf, a.digest)
         except PieceFetchError as e:
             log.info("piece %d from %s failed: %s", a.num, a.source.id, e.message)
             plan.on_piece(a.num, False, e.kind)
@@ -513,7 +513,7 @@ class Download:
             )
         else:
             log.debug("piece %d from %s (%s) verified", a.num, a.source.id, a.source.kind)
-            plan.on_piece(a.num, True, nbytes=a.size)
+            plan.on_piece(a.num, True, nbytes=a.size, digest=got)
             self._confirmed.on_verified(a.num, a.digest)
             hasher.poke()
             if self.on_piece is not None:

@@ -165,16 +165,27 @@ class DownloadPlan:
             self.results.append(PieceResult(num, False, _src_id(a), "other", 0))
         self.in_flight.clear()
 
-    def on_piece(self, num: int, ok: bool, failure: str = "", nbytes: int = 0) -> None:
+    def on_piece(
+        self, num: int, ok: bool, failure: str = "", nbytes: int = 0, digest: str = ""
+    ) -> None:
+        """A fetch ended. ``digest`` is the sha256 the piece was verified (or, with no digest
+        assigned, computed) to have: a piece fetched from the origin without a digest
+        (cdn_pattern "source") reports it, and the first such report defines the piece for
+        every later downloader."""
         a = self.in_flight.pop(num, None)
         if a is None:
             return
+        reported = ""
         if ok:
-            self.held[num] = a.digest.lower()
+            self.held[num] = (a.digest or digest).lower()
             self.bytes_from[source_class(a)] += nbytes
+            if not a.digest and a.source.kind == "origin":
+                reported = digest.lower()
         else:
             self.failures[num] = self.failures.get(num, 0) + 1
-        self.results.append(PieceResult(num, ok, _src_id(a), "" if ok else failure, nbytes))
+        self.results.append(
+            PieceResult(num, ok, _src_id(a), "" if ok else failure, nbytes, digest=reported)
+        )
 
     def take_results(self) -> list[PieceResult]:
         out, self.results = self.results, []

@@ -100,22 +100,24 @@ def verify_and_write(
     offset: int,
     digest: str,
     lock: threading.Lock | None = None,
-) -> None:
+) -> str:
     """In a worker thread: check the piece's sha256, then pwrite it all (raises IntegrityError).
+    Returns the piece's sha256; with no ``digest`` to check (a piece fetched by Range from the
+    origin under cdn_pattern "source") it is computed, so the piece can be reported and served.
 
     Pieces of one file are hashed in parallel but written one at a time under ``lock``: the
     kernel serialises buffered writes to a file anyway (its inode lock), and waiting threads
     would spin on that lock, burning the CPU the hashing needs.
     """
-    if digest:
-        got = hashlib.sha256(buf).hexdigest()
-        if got != digest.lower():
-            raise IntegrityError(f"piece digest mismatch: got {got[:16]}…, expected {digest[:16]}…")
+    got = hashlib.sha256(buf).hexdigest()
+    if digest and got != digest.lower():
+        raise IntegrityError(f"piece digest mismatch: got {got[:16]}…, expected {digest[:16]}…")
     with lock if lock is not None else contextlib.nullcontext(), memoryview(buf) as view:
         while view:
             n = os.pwrite(fd, view, offset)
             view = view[n:]
             offset += n
+    return got
 
 
 class LocalStore:
@@ -251,14 +253,16 @@ class LocalStore:
 
     async def write_piece(
         self, td: TaskData, num: int, buf: memoryview | bytearray, digest: str
-    ) -> None:
-        """Verify ``buf`` against ``digest`` and write it, off the loop; then mark it held."""
+    ) -> str:
+        """Verify ``buf`` against ``digest`` and write it, off the loop; then mark it held.
+        Returns the piece's sha256 (computed when no digest was given)."""
         start = td.plan.start(num)
-        await asyncio.to_thread(verify_and_write, td.fd, buf, start, digest, td.write_lock)
-        td.held[num] = digest.lower()
+        got = await asyncio.to_thread(verify_and_write, td.fd, buf, start, digest, td.write_lock)
+        td.held[num] = got
         if digest:
-            td.verified_here[num] = digest.lower()
+            td.verified_here[num] = got
         td.last_used = self.clock.now()
+        return got
 
     def touch(self, task_id: str) -> None:
         td = self.tasks.get(task_id)

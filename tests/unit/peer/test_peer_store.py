@@ -42,11 +42,16 @@ async def test_a_piece_is_served_only_once_written_verified(tmp_path: Path) -> N
     await store.close()
 
 
-async def test_pieces_without_a_digest_and_cdn_tasks_are_not_served(tmp_path: Path) -> None:
+async def test_pieces_without_a_digest_get_one_and_cdn_tasks_are_not_served(
+    tmp_path: Path,
+) -> None:
     store = LocalStore(tmp_path, FakeClock())
     td = await store.open_task(TID, PS, PS)
-    await store.write_piece(td, 0, bytearray(PS), "")
-    assert await store.locate(TID, 0) is None  # held, but never verified by a digest
+    # a piece fetched from the origin under cdn_pattern "source" comes without a digest: its
+    # sha256 is computed, recorded (and reported), and other peers verify against it
+    assert await store.write_piece(td, 0, bytearray(PS), "") == digest(bytes(PS))
+    assert td.held[0] == digest(bytes(PS))
+    assert await store.locate(TID, 0) is not None
     td2 = await store.open_task("c" * 64, PS, PS, upload=False)
     await store.write_piece(td2, 0, bytearray(PS), digest(bytes(PS)))
     assert await store.locate("c" * 64, 0) is None  # pattern cdn: upload nothing
@@ -67,7 +72,7 @@ async def test_metas_survive_a_restart_and_orphans_are_removed(tmp_path: Path) -
     again = LocalStore(tmp_path, FakeClock())
     await again.load()
     assert list(again.tasks) == [TID]
-    assert again.tasks[TID].held == {0: digest(piece), 1: ""}
+    assert again.tasks[TID].held == {0: digest(piece), 1: digest(bytes(PS))}  # 1: computed
     assert again.tasks[TID].file_sha256 == "f" * 64
     assert again.tasks[TID].confirmed_sha256 == "e" * 64
     assert again.tasks[TID].verified_here == {}  # verified by an earlier process, not this one
