@@ -122,6 +122,8 @@ class Supernode:
                 home=config.home_dir,
                 rate=config.cdn_rate,
                 pattern=config.cdn_pattern,
+                disk_gc_young=config.young_gc_threshold,
+                disk_gc_full=config.full_gc_threshold,
             ),
             self,
             self.clock,

@@ -13,7 +13,7 @@ from pathlib import Path
 from damselfly import __version__
 from damselfly.core.errors import ConfigError, DamselflyError
 from damselfly.core.logs import setup_logging
-from damselfly.core.units import parse_duration, parse_rate
+from damselfly.core.units import parse_duration, parse_rate, parse_size
 from damselfly.supernode.config import SupernodeConfig, load_yaml
 
 log = logging.getLogger("damselfly.supernode")
@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--task-expire-time", help="drop idle tasks from memory after (default 3m)")
     ap.add_argument("--peer-gc-delay", help="drop silent peers after (default 3m)")
     ap.add_argument("--cdn-pattern", choices=["local", "source"], help="default local")
+    ap.add_argument(
+        "--young-gc-threshold", help="free disk below which idle cached tasks go (default 20G)"
+    )
+    ap.add_argument(
+        "--full-gc-threshold", help="free disk below which any unused cached task goes (5G)"
+    )
     ap.add_argument("--log-format", choices=["text", "json"], help="default text")
     ap.add_argument("--verbose", action="store_true", default=None, help="debug logging")
     return ap
@@ -73,6 +79,10 @@ def load_config(argv: list[str]) -> SupernodeConfig:
         cfg.max_bandwidth = parse_rate(args.max_bandwidth, "--max-bandwidth")
     if args.system_bandwidth is not None:
         cfg.system_bandwidth = parse_rate(args.system_bandwidth, "--system-bandwidth")
+    if args.young_gc_threshold is not None:
+        cfg.young_gc_threshold = parse_size(args.young_gc_threshold, "--young-gc-threshold")
+    if args.full_gc_threshold is not None:
+        cfg.full_gc_threshold = parse_size(args.full_gc_threshold, "--full-gc-threshold")
     if args.task_expire_time is not None:
         cfg.task_expire_time = parse_duration(args.task_expire_time, "--task-expire-time")
     if args.peer_gc_delay is not None:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from damselfly.core.errors import ConfigError
-from damselfly.core.units import parse_duration, parse_rate
+from damselfly.core.units import parse_duration, parse_rate, parse_size
 
 CDN_PATTERNS = ("local", "source")
 
@@ -50,6 +50,11 @@ class SupernodeConfig:
     task_expire_time: float = 180.0
     peer_gc_delay: float = 180.0
     cdn_pattern: str = "local"
+    # disk GC: below young_gc free bytes, tasks idle for a while are removed from the cache (least
+    # recently used first); below full_gc, any task not in use (v1: youngGCThreshold 100G,
+    # fullGCThreshold 5G; Damselfly's young default is 20G, sized for smaller cache disks)
+    young_gc_threshold: int = 20 * 1024**3
+    full_gc_threshold: int = 5 * 1024**3
     verbose: bool = False
     log_format: str = "text"
 
@@ -80,6 +85,11 @@ class SupernodeConfig:
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"invalid --log-format {self.log_format!r}", "use text or json")
         _ = self.cdn_rate
+        if self.full_gc_threshold > self.young_gc_threshold:
+            raise ConfigError(
+                "--full-gc-threshold must not be larger than --young-gc-threshold",
+                f"got {self.full_gc_threshold} and {self.young_gc_threshold} bytes",
+            )
         if not self.advertise_ip:
             self.advertise_ip = guess_advertise_ip()
         return self
@@ -102,6 +112,8 @@ _V1_KEYS: dict[str, tuple[str, Any]] = {
     "peerGCDelay": ("peer_gc_delay", lambda v: parse_duration(v, "peerGCDelay")),
     "cdnPattern": ("cdn_pattern", str),
     "debug": ("verbose", bool),
+    "youngGCThreshold": ("young_gc_threshold", lambda v: parse_size(v, "youngGCThreshold")),
+    "fullGCThreshold": ("full_gc_threshold", lambda v: parse_size(v, "fullGCThreshold")),
 }
 # v1 keys accepted for compatibility but not used by Damselfly.
 _V1_IGNORED = {
@@ -115,8 +127,6 @@ _V1_IGNORED = {
     "gcInitialDelay",
     "gcMetaInterval",
     "gcDiskInterval",
-    "youngGCThreshold",
-    "fullGCThreshold",
     "IntervalThreshold",
     "failAccessInterval",
 }
