@@ -1,7 +1,8 @@
 """The web console end to end in headless Chromium (Debian ``chromium`` + ``chromium-driver``,
 driven by Selenium): the page loads with no external asset, shows a running task the test
-started (a slow dfget with --locallimit) and updates; a screenshot goes to $DAMSELFLY_CONSOLE_SCREENSHOT when set (that is how docs/img/console.png
-was made: the test run never writes into the source tree otherwise).
+started (a slow dfget with --locallimit) and updates. The screenshot goes to a temp dir, or to
+$DAMSELFLY_CONSOLE_SCREENSHOT when set (how docs/img/console.png is made): a test run never
+writes into the source tree.
 The JSON summary it polls is checked without a browser too."""
 
 from __future__ import annotations
