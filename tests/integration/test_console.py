@@ -30,7 +30,14 @@ def test_console_summary_and_assets(procs: Procs, tmp_path: Path, random_file) -
     peer = Peer(procs, tmp_path, "p")
     code, out = peer.finish(peer.start(origin.url("c.bin") + "?sig=SECRET", sn.addr))
     assert code == 0, out
-    d: dict[str, Any] = sn.api("/api/v1/console")
+    # the engine sends its last piece report just after placing the output: wait for it
+    d: dict[str, Any] = wait_until(
+        lambda: (
+            (c := sn.api("/api/v1/console"))["tasks"] and c["tasks"][0]["peers_done"] == 1 and c
+        ),
+        timeout=10,
+        what="the console to show the download done",
+    )
     assert d["tasks_total"] == 1 and d["peers_total"] == 1
     (task,) = d["tasks"]
     assert task["peers_done"] == 1 and task["progress"] == 1.0 and task["cdn_complete"]
