@@ -1,0 +1,171 @@
+"""The Damselfly method: a supernode (cold CDN) on the supernode host, and on every peer host at
+once ``dfget --url … --node <supernode>:8002 --home H --port 15000 --alivetime 60s``; each dfget
+starts its host's engine in that host's namespace. The engines outlive dfget by design (they
+keep serving pieces), so afterwards each is stopped by the pid its control socket's ``/status``
+reports (whatever is left is swept with the namespace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.swarm.methods import FILE_NAME, Bench, measure
+from benchmarks.swarm.procs import Proc, proc_cpu_s, stop_pids
+from benchmarks.swarm.topology import TopologyError
+
+SN_PORT = 8002
+SN_DOWNLOAD_PORT = 8001
+ENGINE_PORT = 15000
+SUCCESS_RE = re.compile(r"download SUCCESS cost:([\d.]+)s length:(\d+)")
+
+
+def engine_status(home: Path, timeout: float = 3.0) -> dict[str, Any]:
+    """GET /status on an engine's control socket ``home/engine.sock`` ({} when none answers)."""
+    sock_path = home / "engine.sock"
+    if not sock_path.exists():
+        return {}
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(sock_path))
+            s.sendall(b"GET /status HTTP/1.1\r\nHost: engine\r\nConnection: close\r\n\r\n")
+            data = b""
+            while len(data) < 65536:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return {}
+    _head, _, body = data.partition(b"\r\n\r\n")
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def start_supernode(b: Bench) -> Proc:
+    sn = b.topo.hosts["supernode"]
+    home = b.rundir / "damselfly" / "supernode-home"
+    home.mkdir(parents=True, exist_ok=True)
+    proc = b.procs.start(
+        "supernode",
+        b.topo.py_argv(
+            "supernode",
+            "damselfly.supernode.cli",
+            "--port",
+            str(SN_PORT),
+            "--download-port",
+            str(SN_DOWNLOAD_PORT),
+            "--home-dir",
+            str(home),
+            "--advertise-ip",
+            sn.ip,
+            "--listen",
+            "0.0.0.0",
+            "--max-bandwidth",
+            "0",
+        ),
+        env=b.topo.env(),
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.popen.poll() is not None:
+            raise TopologyError(f"the supernode exited at start: {proc.output()[-800:]}")
+        r = subprocess.run(
+            b.topo.exec_argv(
+                "supernode",
+                ["curl", "-fsS", "--max-time", "2", f"http://127.0.0.1:{SN_PORT}/_ping"],
+            ),
+            capture_output=True,
+            check=False,
+        )
+        if r.returncode == 0:
+            return proc
+        if time.monotonic() > deadline:
+            raise TopologyError(
+                f"the supernode did not answer /_ping in 30s: {proc.output()[-800:]}"
+            )
+        time.sleep(0.1)
+
+
+def run_damselfly(b: Bench, *, alivetime: str = "60s") -> dict[str, Any]:
+    """A supernode (cold CDN) on the supernode host; dfget on every peer host at once, each
+    starting its own engine there. Engines are stopped by the pid their /status reports."""
+    sn = b.topo.hosts["supernode"]
+    supernode = start_supernode(b)
+    dirs = {h.name: b.peer_dir("damselfly", h.name) for h in b.topo.peers}
+    outputs = {p: d / FILE_NAME for p, d in dirs.items()}
+    homes = {p: d / "h" for p, d in dirs.items()}  # short: engine.sock must fit a unix path
+    success: dict[str, str] = {}  # peer → the cost its "download SUCCESS cost:…" line reports
+
+    def start() -> dict[str, Proc]:
+        return {
+            h.name: b.procs.start(
+                f"damselfly-{h.name}",
+                b.topo.py_argv(
+                    h.name,
+                    "damselfly.dfget.cli",
+                    "--url",
+                    b.url,
+                    "--output",
+                    str(outputs[h.name]),
+                    "--node",
+                    f"{sn.ip}:{SN_PORT}",
+                    "--home",
+                    str(homes[h.name]),
+                    "--port",
+                    str(ENGINE_PORT),
+                    "--alivetime",
+                    alivetime,
+                ),
+                env=b.topo.env(),
+            )
+            for h in b.topo.peers
+        }
+
+    def extra() -> dict[str, Any]:
+        engines = {p: engine_status(home) for p, home in homes.items()}
+        return {
+            "engines": {p: {k: s.get(k) for k in ("pid", "ip", "port")} for p, s in engines.items()}
+        }
+
+    def stop() -> None:
+        pids = [
+            int(s["pid"])
+            for s in (engine_status(h) for h in homes.values())
+            if isinstance(s.get("pid"), int)
+        ]
+        stop_pids(pids)
+        b.procs.stop(supernode)
+
+    def infra_cpu() -> float:
+        pids = [s.get("pid") for s in (engine_status(h) for h in homes.values())]
+        engines = sum(proc_cpu_s(p) for p in pids if isinstance(p, int))
+        return engines + proc_cpu_s(supernode.pid)
+
+    try:
+        rec = measure(b, "damselfly", start, outputs, stop=stop, extra=extra, infra_cpu=infra_cpu)
+    finally:
+        stop()  # twice is harmless: nothing left the second time
+    for p in outputs:
+        log = b.procs.logdir / f"damselfly-{p}.log"
+        with contextlib.suppress(OSError):
+            m = SUCCESS_RE.search(log.read_text(errors="replace"))
+            if m:
+                success[p] = m.group(1)
+    rec["dfget_cost_s"] = success
+    # completion − the cost dfget prints: Python and dfget's imports, before dfget's clock starts
+    done = rec["completion_s"]
+    rec["startup_s"] = {
+        p: round(done[p] - float(c), 3) for p, c in success.items() if done.get(p) is not None
+    }
+    return rec
