@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import heapq
 import os
-import platform
 import random
 import statistics
 import sys
@@ -142,18 +141,6 @@ def table(results: list[Result]) -> str:
             f"| {100 * r.bytes_by_source.get('peer', 0) / total:.1f}% |"
         )
     return "\n".join(rows)
-
-
-def machine() -> str:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"Python {platform.python_version()} on {platform.system()} {platform.machine()} {cpu}"
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from damselfly.core.configfile import read_config_file
 from damselfly.core.errors import ConfigError
 from damselfly.core.ids import parse_filter
 from damselfly.core.nodes import parse_nodes
@@ -44,7 +45,6 @@ KNOWN_KEYS = (
     "localrepo",
     "verbose",
 )
-MAX_CONFIG = 1024 * 1024
 
 if TYPE_CHECKING:
     from damselfly.dfdaemon.daemon import ProxySettings
@@ -133,17 +133,10 @@ def _list_of_mappings(obj: dict[str, Any], key: str, path: str) -> list[dict[str
 
 def load_daemon_config(path: str | None) -> DaemonConfig:
     """``--config FILE`` (must exist), else /etc/dragonfly/dfdaemon.yml when present."""
-    if path is None:
-        if not os.path.exists(DEFAULT_CONFIG):
-            return DaemonConfig()
-        path = DEFAULT_CONFIG
-    try:
-        with open(path, "rb") as f:
-            text = f.read(MAX_CONFIG + 1)
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}", "check --config") from e
-    if len(text) > MAX_CONFIG:
-        raise ConfigError(f"config {path} is larger than {MAX_CONFIG} bytes")
+    got = read_config_file(path, DEFAULT_CONFIG)
+    if got is None:
+        return DaemonConfig()
+    text, path = got
     try:
         obj = yaml.safe_load(text)
     except yaml.YAMLError as e:

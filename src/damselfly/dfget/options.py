@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from damselfly.core.configfile import read_config_file
 from damselfly.core.errors import BadRequest, ConfigError
 from damselfly.core.ids import parse_filter, validate_md5, validate_url
 from damselfly.core.nodes import parse_nodes
@@ -25,7 +26,6 @@ from damselfly.peer.config import EngineConfig, add_engine_flags, config_from_ar
 SYSTEM_CONFIG = "/etc/dragonfly/dfget.yml"
 DEFAULT_NODE = "127.0.0.1:8002"
 CONFIG_KEYS = {"nodes", "localLimit", "minRate", "totalLimit", "workHome", "clientQueueSize"}
-MAX_CONFIG = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -155,18 +155,10 @@ def build_server_parser() -> argparse.ArgumentParser:
 
 def load_file_config(path: str | None) -> FileConfig:
     """``--config FILE`` (must exist), else the system file when present, else nothing."""
-    if path is None:
-        if not os.path.exists(SYSTEM_CONFIG):
-            return FileConfig()
-        path = SYSTEM_CONFIG
-    try:
-        with open(path, "rb") as f:
-            text = f.read(MAX_CONFIG + 1)
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}", "check --config") from e
-    if len(text) > MAX_CONFIG:
-        raise ConfigError(f"config {path} is larger than {MAX_CONFIG} bytes")
-    return parse_file_config(text, path)
+    got = read_config_file(path, SYSTEM_CONFIG)
+    if got is None:
+        return FileConfig()
+    return parse_file_config(*got)
 
 
 def parse_file_config(text: bytes | str, path: str = "config") -> FileConfig:
