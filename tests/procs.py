@@ -4,8 +4,10 @@ blindly), and stop by pid. Used by tests/conftest.py fixtures and the demo's tes
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +20,17 @@ from pathlib import Path
 from typing import Any
 
 READY_TIMEOUT = 20.0
+#: dfget's v1 success line
+SUCCESS_RE = re.compile(r"download SUCCESS cost:([\d.]+)s length:(\d+) reason:(\d+)")
+
+
+def sha256(p: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def free_port() -> int:

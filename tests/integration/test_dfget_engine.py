@@ -19,29 +19,22 @@ from damselfly.core.ids import task_id
 from damselfly.core.nodes import parse_nodes, rendezvous_order
 from damselfly.core.pieces import MiB
 from tests.procs import (
+    SUCCESS_RE,
     Proc,
     Procs,
     dfget_cmd,
     engine_status,
     free_port,
     http_json,
+    sha256,
     start_origin,
     start_supernode,
     wait_until,
 )
 
 MakeFile = Callable[[Path, str, int], Path]
-SUCCESS_RE = re.compile(r"download SUCCESS cost:([\d.]+)s length:(\d+) reason:(\d+)")
 FAIL_RE = re.compile(r"download FAIL\((\d+)\) \S")
 RUN_TIMEOUT = 90.0
-
-
-def sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def engine_pids(home: Path) -> list[int]:

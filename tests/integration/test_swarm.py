@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import subprocess
 import time
 import urllib.error
@@ -18,26 +17,19 @@ from damselfly.core.ids import task_id
 from damselfly.core.nodes import parse_nodes, rendezvous_order
 from damselfly.core.pieces import MiB
 from tests.procs import (
+    SUCCESS_RE,
     Procs,
     dfget_cmd,
     engine_status,
     free_port,
     http_get,
+    sha256,
     start_origin,
     start_supernode,
     wait_until,
 )
 
-SUCCESS_RE = re.compile(r"download SUCCESS cost:([\d.]+)s length:(\d+) reason:(\d+)")
 RUN_TIMEOUT = 120.0
-
-
-def sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Peer:
