@@ -8,10 +8,11 @@ Measures, in one run on the same machine:
 - the engine's peak resident memory (VmHWM) while it moved the big file (target < 100 MB), and
   its CPU time (user + system) for the big file, which, unlike wall time, another engineer's
   load on the same box barely moves;
+- the CPU time of the supernode (serving the pieces) and of the dfget process itself;
 - a calibration: the CPU cost of writing into new page cache on this machine. On a VM whose
   host backs guest memory lazily (and takes freed pages back: virtio-balloon free page
-  reporting), first touches of memory cost several times what they cost on bare metal, and the
-  engine writes every byte of the file into new page cache while curl writes to /dev/null.
+  reporting), first touches of memory cost several times what they cost on bare metal; this is
+  why the engine's store writes pieces with O_DIRECT (peer/store.py).
 
 The cached measurement runs ``--repeat`` times, each on a fresh engine (a new ``--home``), and
 reports the median; RSS is the highest of those engines. ``--profile DIR`` samples each of those
@@ -59,6 +60,12 @@ def write_random(path: Path, size: int) -> None:
 
 
 def run_dfget(url: str, out: Path, node: str, home: Path, port: int) -> float:
+    return run_dfget_cpu(url, out, node, home, port)[0]
+
+
+def run_dfget_cpu(url: str, out: Path, node: str, home: Path, port: int) -> tuple[float, float]:
+    """dfget's wall time and its own CPU time (user + system)."""
+    c0 = os.times()
     t0 = time.perf_counter()
     r = subprocess.run(
         dfget_cmd("--url", url, "--output", str(out), "--node", node, "--home", str(home),
@@ -66,9 +73,10 @@ def run_dfget(url: str, out: Path, node: str, home: Path, port: int) -> float:
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     dt = time.perf_counter() - t0
+    c1 = os.times()
     if r.returncode != 0 or "download SUCCESS" not in r.stdout:
         raise SystemExit(f"dfget failed: {r.stdout}\n{r.stderr}")
-    return dt
+    return dt, c1.children_user + c1.children_system - c0.children_user - c0.children_system
 
 
 def vm_hwm_kb(pid: int) -> int:
@@ -163,6 +171,8 @@ def main() -> None:
         # each repetition on a new host (an engine that holds the file would not download it)
         cached_runs: list[float] = []
         cached_cpu: list[float] = []
+        sn_cpu: list[float] = []
+        dfget_cpu: list[float] = []
         hwm_before = hwm = 0
         for rep in range(args.repeat):
             host = work / f"host{rep}"
@@ -176,13 +186,16 @@ def main() -> None:
             if args.profile:
                 Path(args.profile).mkdir(parents=True, exist_ok=True)
                 prof = start_profiler(pid, Path(args.profile) / f"engine-cached-{rep}.txt")
-            cpu0 = cpu_seconds(pid)
+            cpu0, sn0 = cpu_seconds(pid), cpu_seconds(sn.proc.pid)
             try:
-                cached_runs.append(run_dfget(url, host / "big.bin", sn.addr, home, port))
+                dt, dcpu = run_dfget_cpu(url, host / "big.bin", sn.addr, home, port)
+                cached_runs.append(dt)
+                dfget_cpu.append(dcpu)
             finally:
                 if prof is not None:
                     stop_profiler(prof)
             cached_cpu.append(cpu_seconds(pid) - cpu0)
+            sn_cpu.append(cpu_seconds(sn.proc.pid) - sn0)
             hwm = max(hwm, vm_hwm_kb(pid))
             (host / "big.bin").unlink()
             if rep < args.repeat - 1:
@@ -215,6 +228,8 @@ def main() -> None:
         (f"1 KiB, warm engine, cached (median of {len(small_cached)})", f"{statistics.median(small_cached):.3f} s", ""),
         ("engine peak RSS (VmHWM) after moving the big file", f"{hwm / 1024:.0f} MB", f"(before: {hwm_before / 1024:.0f} MB)"),
         ("engine CPU (user + system) while moving the big file, median", f"{statistics.median(cached_cpu):.2f} s", f"{statistics.median(cached_cpu) / (size / 2**30):.2f} s per GiB"),
+        ("supernode CPU while serving it, median", f"{statistics.median(sn_cpu):.2f} s", ""),
+        ("dfget process CPU (start-up, control socket, output), median", f"{statistics.median(dfget_cpu):.2f} s", ""),
     ]  # fmt: skip
     table = "| what | time / size | rate |\n|---|---|---|\n" + "".join(
         f"| {a} | {b} | {c} |\n" for a, b, c in rows
@@ -226,7 +241,7 @@ def main() -> None:
     )
     table += (
         f"Calibration: writing into new page cache costs {fresh_write:.2f} CPU-s per GiB here "
-        "(the engine must, for every byte; curl writes to /dev/null).\n"
+        "(the engine's store writes its pieces with O_DIRECT instead; curl writes to /dev/null).\n"
     )
     print(table)
     if args.write:

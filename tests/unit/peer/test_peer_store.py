@@ -11,7 +11,8 @@ import pytest
 
 from damselfly.core.clock import FakeClock
 from damselfly.core.errors import IntegrityError, NoSpaceError
-from damselfly.peer.store import LocalStore
+from damselfly.peer.piececlient import BufferPool
+from damselfly.peer.store import DIRECT_ALIGN, LocalStore
 
 TID = "a" * 64
 PS = 1000
@@ -129,3 +130,41 @@ async def test_expiry_follows_the_last_use(tmp_path: Path) -> None:
     assert store.expired(clock.now(), 10) == [td]
     await store.remove(TID)
     assert os.listdir(tmp_path) == [] and await store.locate(TID, 0) is None
+
+
+async def test_direct_writes_land_whole_with_unaligned_tails_and_buffers(tmp_path: Path) -> None:
+    """Aligned parts go through O_DIRECT (when the file system has it), tails and unaligned
+    buffers through the page cache; either way the file holds exactly the verified bytes."""
+    ps = 3 * DIRECT_ALIGN
+    length = 2 * ps + 1234  # the last piece has an unaligned tail
+    store = LocalStore(tmp_path, FakeClock())
+    td = await store.open_task(TID, length, ps)
+    if td.dfd < 0:
+        pytest.skip(f"{tmp_path} has no O_DIRECT: nothing direct to test here")
+    data = os.urandom(length)
+    pool = BufferPool()
+    aligned = pool.get(ps)  # page-aligned: written directly
+    aligned[:] = data[:ps]
+    await store.write_piece(td, 0, aligned, digest(data[:ps]))
+    odd = memoryview(bytearray(ps + 1))[1:]  # misaligned in memory: the kernel refuses O_DIRECT
+    odd[:] = data[ps : 2 * ps]
+    await store.write_piece(td, 1, odd, digest(data[ps : 2 * ps]))
+    tail = pool.get(length - 2 * ps)
+    tail[:] = data[2 * ps :]
+    await store.write_piece(td, 2, tail, digest(data[2 * ps :]))
+    assert td.path.read_bytes() == data
+    await store.release(td)
+    assert td.fd == td.dfd == -1
+    pool.put(aligned)
+    pool.put(tail)
+    pool.close()
+
+
+async def test_buffered_only_store_opens_no_direct_descriptor(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, FakeClock(), direct=False)
+    td = await store.open_task(TID, PS, PS)
+    assert td.dfd == -1 and td.fd >= 0
+    piece = bytearray(os.urandom(PS))
+    await store.write_piece(td, 0, piece, digest(piece))
+    assert td.path.read_bytes() == piece
+    await store.close()
