@@ -39,16 +39,9 @@ def ctr(sock: Path, *args: str, timeout: float = 120) -> subprocess.CompletedPro
     )
 
 
-@needs_registry
-@needs_containerd
-def test_ctr_pull_through_dfdaemon(procs: Procs, tmp_path: Path) -> None:
-    img = build_image(tmp_path / "img", [3_000_000, 800_000], seed=5)
-    reg = start_registry(procs, tmp_path / "reg")
-    push(img, reg, "team/ctr")
-    sn = start_supernode(procs, tmp_path / "sn")
-    d = start_dfdaemon(procs, tmp_path / "d" / "home", mirror_config(reg, sn.addr))
-
-    root = tmp_path / "ctd"
+def start_containerd(procs: Procs, root: Path) -> Path:
+    """containerd with its own root, state and socket under ``root`` (skips the test if it
+    cannot run here); its socket."""
     sock = root / "containerd.sock"
     config = root / "config.toml"
     root.mkdir()
@@ -74,6 +67,19 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         return sock.exists() and ctr(sock, "version", timeout=10).returncode == 0
 
     wait_until(up, what="containerd")
+    return sock
+
+
+@needs_registry
+@needs_containerd
+def test_ctr_pull_through_dfdaemon(procs: Procs, tmp_path: Path) -> None:
+    img = build_image(tmp_path / "img", [3_000_000, 800_000], seed=5)
+    reg = start_registry(procs, tmp_path / "reg")
+    push(img, reg, "team/ctr")
+    sn = start_supernode(procs, tmp_path / "sn")
+    d = start_dfdaemon(procs, tmp_path / "d" / "home", mirror_config(reg, sn.addr))
+
+    sock = start_containerd(procs, tmp_path / "ctd")
     hosts = tmp_path / "certs.d" / reg.addr
     hosts.mkdir(parents=True)
     (hosts / "hosts.toml").write_text(

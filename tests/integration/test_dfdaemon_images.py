@@ -6,6 +6,8 @@ parts themselves; ``test_dfdaemon_registry.py`` uses them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 import hashlib
 import io
@@ -16,12 +18,15 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from aiohttp import web
 
 from tests.procs import Proc, Procs, free_port, http_get, wait_until
 
@@ -124,12 +129,26 @@ def build_image(root: Path, layer_sizes: list[int], seed: int = 0) -> Image:
 class Registry:
     proc: Proc
     port: int
+    root: Path
     user: str = ""
     password: str = field(default="", repr=False)
 
     @property
     def addr(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def storage(self) -> Path:
+        return self.root / "storage"
+
+    def requests(self) -> list[tuple[str, str, int, str]]:
+        """Every request in the access log: (method, path with query, status, User-Agent)."""
+        return [
+            (m.group(1), m.group(2), int(m.group(3)), m.group(4))
+            for m in re.finditer(
+                r'"([A-Z]+) (/[^ ]*) HTTP/1\.1" (\d{3}) \d+ "[^"]*" "([^"]*)"', self.proc.output()
+            )
+        ]
 
     def blob_gets(self, agent: str = "") -> dict[str, int]:
         """Successful blob GETs per digest (by clients whose User-Agent has ``agent``), from the
@@ -146,8 +165,14 @@ class Registry:
 
 
 def start_registry(
-    procs: Procs, root: Path, name: str = "registry", auth: bool = False
+    procs: Procs,
+    root: Path,
+    name: str = "registry",
+    auth: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> Registry:
+    """The registry on a free loopback port; ``extra`` adds top-level config sections (``auth``
+    for token auth, ``storage.middleware``…), merged one level deep."""
     assert REGISTRY is not None
     port = free_port()
     root.mkdir(parents=True, exist_ok=True)
@@ -170,6 +195,11 @@ def start_registry(
         )
         conf["auth"] = {"htpasswd": {"realm": "damselfly-test", "path": str(hfile)}}
     conf["http"].pop("debug")
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(conf.get(key), dict):
+            conf[key] = {**conf[key], **value}
+        else:
+            conf[key] = value
     cfile = root / f"{name}.yml"
     root.mkdir(parents=True, exist_ok=True)
     cfile.write_text(yaml.safe_dump(conf))
@@ -184,7 +214,7 @@ def start_registry(
             return False
 
     wait_until(ready, what=f"{name} /v2/")
-    return Registry(proc, port, user, password)
+    return Registry(proc, port, root, user, password)
 
 
 def auth_file(path: Path, entries: dict[str, tuple[str, str]]) -> Path:
@@ -281,6 +311,30 @@ def start_dfdaemon(
 
     wait_until(ready, what=f"{name} ready")
     return Daemon(proc, port, home)
+
+
+@contextlib.contextmanager
+def serve_app(app: web.Application, name: str) -> Iterator[int]:
+    """Serve a test's own aiohttp app (a token service, a storage front) on a free loopback port
+    from a thread with its own event loop; the port, until the block ends."""
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None)
+    port = free_port()
+
+    async def start() -> None:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    thread = threading.Thread(target=loop.run_forever, name=name, daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+        yield port
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 # -- the parts themselves ---------------------------------------------------------------------

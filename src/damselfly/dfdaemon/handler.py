@@ -23,6 +23,7 @@ from aiohttp import web
 
 from damselfly.core.ids import redact_url, sha256_in_url
 from damselfly.dfdaemon.forward import error_response, forward
+from damselfly.dfdaemon.probes import ProbeAnswers, is_probe
 from damselfly.dfdaemon.rules import Route, Rules, is_mirror_path
 from damselfly.dfdaemon.stream import SwarmFailed, SwarmStream, scratch_output
 from damselfly.peer.download import Services
@@ -110,12 +111,21 @@ class ProxyHandler:
         self.https_host = https_host
         self.on_download = on_download
         self.counters = Counters()
+        self.probes = ProbeAnswers(session)
         m = rules.mirror
         self._mirror_ssl = ssl_for(list(m.certs), m.insecure)
         self._host_ssl: dict[str, ssl.SSLContext | bool | None] = {}
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         target = self._target(request)
+        if isinstance(target, str):
+            self.counters.bad += 1
+            return error_response(
+                404,
+                f"dfdaemon has no registry for ns={target[:200]!r} (registry_mirror.namespaces); "
+                "the client should pull from that registry directly",
+                "NAME_UNKNOWN",
+            )
         if target is None:
             self.counters.bad += 1
             return error_response(
@@ -124,19 +134,24 @@ class ProxyHandler:
                 f"absolute URL, not {request.path[:200]!r}",
                 "NOT_FOUND",
             )
-        url, tls, cacerts, insecure, mirror = target
+        url, tls, cacerts, insecure, direct = target
         route = self.rules.route(request.method, url, "Range" in request.headers)
-        if mirror and self.rules.mirror.direct:
+        if direct:
             route = Route("direct", url)
         if route.swarm and self.services() is not None:
             return await self._swarm(request, route.url, url, tls, cacerts, insecure)
         self.counters.direct += 1
+        if is_probe(request.method, request.path, request.body_exists) and is_mirror_path(
+            request.path
+        ):
+            return await self.probes.answer(request, url, tls)
         return await forward(request, url, self.session, tls)
 
     def _target(
         self, request: web.BaseRequest
-    ) -> tuple[str, ssl.SSLContext | bool | None, tuple[str, ...], bool, bool] | None:
-        """(origin URL, TLS for it, CA files, insecure, is a mirror request) or None."""
+    ) -> tuple[str, ssl.SSLContext | bool | None, tuple[str, ...], bool, bool] | str | None:
+        """(origin URL, TLS for it, CA files, insecure, never through the swarm); None for a
+        request dfdaemon does not serve; a string: the ``ns`` no configured remote serves."""
         raw = request.raw_path
         target = self.https_host(request)
         if target is not None:  # a hijacked HTTPS connection: origin-form requests
@@ -149,8 +164,12 @@ class ProxyHandler:
         if raw.startswith(("http://", "https://")):
             return raw, None, (), False, False
         if is_mirror_path(request.path):
-            m = self.rules.mirror
-            return self.rules.mirror_url(raw), self._mirror_ssl, m.certs, m.insecure, True
+            got = self.rules.mirror_target(raw)
+            if isinstance(got, str):
+                return got
+            m, url = got
+            tls = self._mirror_ssl if m is self.rules.mirror else self._ssl(m.certs, m.insecure)
+            return url, tls, m.certs, m.insecure, m.direct
         return None
 
     def _ssl(self, certs: tuple[str, ...], insecure: bool) -> ssl.SSLContext | bool | None:

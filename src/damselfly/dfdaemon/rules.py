@@ -9,7 +9,7 @@ a value; nothing here does I/O.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -43,6 +43,18 @@ class MirrorConfig:
     insecure: bool = False
     certs: tuple[str, ...] = ()
     direct: bool = False  # every request straight to the remote, no swarm
+    #: containerd's ``?ns=<registry>`` → that registry's remote (``registry_mirror.namespaces``);
+    #: empty: v1's behaviour, every request goes to ``remote`` whatever its ``ns``
+    namespaces: tuple[tuple[str, MirrorConfig], ...] = ()
+
+    def for_namespace(self, ns: str | None) -> MirrorConfig | None:
+        """The remote for a request's ``ns`` (None: ``ns`` names a registry not configured)."""
+        if ns is None or not self.namespaces:
+            return self
+        for name, remote in self.namespaces:
+            if name == ns.lower():
+                return remote
+        return None
 
 
 @dataclass(frozen=True)
@@ -91,15 +103,36 @@ class Rules:
         return None
 
     def mirror_url(self, path_qs: str) -> str:
-        """The remote URL for a registry-mirror request (``/v2/…``).
+        """The remote URL for a registry-mirror request (``/v2/…``) on the default remote."""
+        return _remote_url(self.mirror, path_qs)
 
-        containerd adds ``?ns=<registry>`` to every request sent to a mirror; the remote is
-        configured, so the parameter is dropped.
+    def mirror_target(self, path_qs: str) -> tuple[MirrorConfig, str] | str:
+        """(the remote, its URL) for a registry-mirror request, or the ``ns`` no remote serves.
+
+        containerd adds ``?ns=<registry>`` to every request sent to a mirror. Without
+        ``registry_mirror.namespaces`` the remote is the configured one and the parameter is
+        dropped (v1); with it, ``ns`` picks the remote, and a request without ``ns`` (Docker,
+        skopeo, CRI-O) goes to ``remote``.
         """
-        parts = urlsplit(path_qs)
-        query = urlencode([(k, v) for k, v in parse_qsl(parts.query, True) if k != "ns"])
-        base = self.mirror.remote.rstrip("/")
-        return base + parts.path + (f"?{query}" if query else "")
+        ns = namespace_of(path_qs)
+        mirror = self.mirror.for_namespace(ns)
+        if mirror is None:
+            return ns or ""
+        return mirror, _remote_url(mirror, path_qs)
+
+
+def namespace_of(path_qs: str) -> str | None:
+    """containerd's ``ns`` query parameter (the first one, as Go's ``Query().Get`` reads it)."""
+    for k, v in parse_qsl(urlsplit(path_qs).query, True):
+        if k == "ns":
+            return v
+    return None
+
+
+def _remote_url(mirror: MirrorConfig, path_qs: str) -> str:
+    parts = urlsplit(path_qs)
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, True) if k != "ns"])
+    return mirror.remote.rstrip("/") + parts.path + (f"?{query}" if query else "")
 
 
 def rewrite(url: str, rule: ProxyRule) -> str:
@@ -148,7 +181,37 @@ def _proxy_rule(obj: dict[str, Any], where: str, path: str) -> ProxyRule:
 
 def _mirror(obj: dict[str, Any], path: str) -> MirrorConfig:
     where = "registry_mirror"
-    _only(obj, ("remote", "insecure", "certs", "direct"), where, path)
+    _only(obj, ("remote", "insecure", "certs", "direct", "namespaces"), where, path)
+    default = _remote(obj, where, path)
+    spaces = obj.get("namespaces") or {}
+    if not isinstance(spaces, dict):
+        raise ConfigError(
+            f"'{where}.namespaces' in {path} must map registry names (containerd's ns=) to "
+            "remotes, e.g. {ghcr.io: https://ghcr.io}"
+        )
+    if len(spaces) > MAX_RULES:
+        raise ConfigError(f"'{where}.namespaces' in {path} has more than {MAX_RULES} entries")
+    namespaces = []
+    for ns, entry in spaces.items():
+        w = f"{where}.namespaces.{ns}"
+        if not isinstance(ns, str) or not _NS_RE.fullmatch(ns):
+            raise ConfigError(
+                f"'{where}.namespaces' in {path} has {ns!r}: a key must be a registry "
+                "host[:port] as containerd sends it in ns= (e.g. docker.io)"
+            )
+        if isinstance(entry, str):
+            entry = {"remote": entry}
+        if not isinstance(entry, dict) or not entry.get("remote"):
+            raise ConfigError(f"'{w}' in {path} must be a remote URL or a mapping with 'remote'")
+        _only(entry, ("remote", "insecure", "certs", "direct"), w, path)
+        namespaces.append((ns.lower(), _remote(entry, w, path)))
+    return replace(default, namespaces=tuple(namespaces))
+
+
+_NS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,252}(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
+
+
+def _remote(obj: dict[str, Any], where: str, path: str) -> MirrorConfig:
     remote = _str(obj, "remote", where, path) or DEFAULT_REMOTE
     parts = urlsplit(remote)
     if parts.scheme not in ("http", "https") or not parts.hostname:

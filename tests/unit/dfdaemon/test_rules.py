@@ -74,6 +74,44 @@ def test_mirror_url_drops_containerd_ns_and_keeps_other_query() -> None:
     assert rules().mirror.remote == DEFAULT_REMOTE
 
 
+NS = {
+    "remote": "https://default.example",
+    "namespaces": {
+        "docker.io": "https://registry-1.docker.io",
+        "Reg.Local:5000": {"remote": "http://reg.local:5000", "insecure": True, "direct": True},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("path_qs", "remote", "url"),
+    [
+        ("/v2/a/manifests/1?ns=docker.io", "https://registry-1.docker.io", "/v2/a/manifests/1"),
+        ("/v2/a/blobs/sha256:x?ns=reg.local:5000", "http://reg.local:5000", "/v2/a/blobs/sha256:x"),
+        ("/v2/a/tags/list?n=2&ns=docker.io", "https://registry-1.docker.io", "/v2/a/tags/list?n=2"),
+        ("/v2/", "https://default.example", "/v2/"),  # no ns (Docker, skopeo): the default
+        ("/v2/a/manifests/1?ns=docker.io&ns=reg.local:5000", "https://registry-1.docker.io", ""),
+    ],
+)
+def test_namespaces_pick_the_remote_by_containerd_ns(path_qs, remote, url) -> None:  # type: ignore[no-untyped-def]
+    got = rules(mirror=NS).mirror_target(path_qs)
+    assert not isinstance(got, str)
+    mirror, full = got
+    assert mirror.remote == remote
+    if url:
+        assert full == remote + url
+
+
+def test_namespace_settings_and_unknown_ns() -> None:
+    r = rules(mirror=NS)
+    got = r.mirror_target("/v2/a/manifests/1?ns=reg.local:5000")
+    assert not isinstance(got, str) and got[0].insecure and got[0].direct
+    assert r.mirror_target("/v2/a/manifests/1?ns=ghcr.io") == "ghcr.io"
+    # without namespaces: v1, every ns goes to the one remote
+    got = rules(mirror={"remote": "https://one.example"}).mirror_target("/v2/x?ns=ghcr.io")
+    assert not isinstance(got, str) and got[1] == "https://one.example/v2/x"
+
+
 def test_hijack_only_with_a_ca_and_a_matching_host() -> None:
     h = {"cert": "ca.crt", "key": "ca.key", "hosts": [{"regx": r"^good\.", "insecure": True}]}
     r = rules(hijack=h)
@@ -95,6 +133,16 @@ def test_hijack_only_with_a_ca_and_a_matching_host() -> None:
         ([], {"remote": "https://x/path"}, {}, "registry_mirror.remote"),
         ([], {"remote": "https://x", "mirrors": 1}, {}, "'mirrors'"),
         ([], {"certs": "ca.pem"}, {}, "registry_mirror.certs"),
+        ([], {"namespaces": ["docker.io"]}, {}, "registry_mirror.namespaces"),
+        ([], {"namespaces": {"a b": "https://x"}}, {}, "'a b'"),
+        ([], {"namespaces": {"ghcr.io": {}}}, {}, "registry_mirror.namespaces.ghcr.io"),
+        ([], {"namespaces": {"ghcr.io": "ftp://x"}}, {}, "registry_mirror.namespaces.ghcr.io"),
+        (
+            [],
+            {"namespaces": {"ghcr.io": {"remote": "https://x", "insecur": True}}},
+            {},
+            "'insecur' in 'registry_mirror.namespaces.ghcr.io'",
+        ),
         ([], {}, {"hosts": [{"regx": ".*"}]}, "'cert' and 'key'"),
         ([], {}, {"cert": "a", "key": "b", "hosts": [{"regx": ".*", "x": 1}]}, "'x'"),
     ],
