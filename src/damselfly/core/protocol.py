@@ -10,7 +10,16 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from damselfly.core.errors import BadRequest
+from damselfly.core.errors import (
+    REASON_DOWNLOAD_ERROR,
+    REASON_MD5_MISMATCH,
+    REASON_NO_SPACE,
+    REASON_NO_SUPERNODE,
+    REASON_REGISTER_FAIL,
+    REASON_SOURCE_ERROR,
+    REASON_USER_SOURCE,
+    BadRequest,
+)
 from damselfly.core.ids import validate_md5, validate_peer_id, validate_task_id, validate_url
 
 MAX_BODY = 256 * 1024
@@ -322,6 +331,47 @@ class ScheduleResponse:
             error_code=_str(obj, "error_code", "", 64),
             file_sha256=_str(obj, "file_sha256", "", 64),
         )
+
+
+# -- back-source reports --------------------------------------------------------------------
+
+#: v1 reason code → the name a peer reports when it downloads a task from the origin itself
+#: (a bounded set: it is a metric label on the supernode; anything else counts as "other")
+BACK_SOURCE_REASONS = {
+    REASON_REGISTER_FAIL: "register_fail",
+    REASON_MD5_MISMATCH: "md5_mismatch",
+    REASON_DOWNLOAD_ERROR: "download_error",
+    REASON_NO_SPACE: "no_space",
+    REASON_NO_SUPERNODE: "no_supernode",
+    REASON_SOURCE_ERROR: "source_error",
+    REASON_USER_SOURCE: "user_source",
+}
+BACK_SOURCE_OTHER = "other"
+BACK_SOURCE_NAMES = (*BACK_SOURCE_REASONS.values(), BACK_SOURCE_OTHER)
+
+
+def back_source_reason(code: int) -> str:
+    return BACK_SOURCE_REASONS.get(code, BACK_SOURCE_OTHER)
+
+
+@dataclass(slots=True)
+class BackSourceReport:
+    """POST /api/v1/tasks/{task_id}/backsource: this peer downloads the task from the origin
+    itself, for ``reason`` (an unknown reason is kept as "other", never refused)."""
+
+    peer_id: str
+    reason: str
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> BackSourceReport:
+        reason = _str(obj, "reason", BACK_SOURCE_OTHER, 64)
+        return cls(
+            peer_id=validate_peer_id(_str(obj, "peer_id", limit=128)),
+            reason=reason if reason in BACK_SOURCE_NAMES else BACK_SOURCE_OTHER,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"peer_id": self.peer_id, "reason": self.reason}
 
 
 def error_body(code: str, message: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ import yaml
 from damselfly.core.configfile import read_config_file
 from damselfly.core.errors import ConfigError
 from damselfly.core.ids import parse_filter
+from damselfly.core.logs import log_config
 from damselfly.core.nodes import parse_nodes
 from damselfly.core.units import parse_duration, parse_rate
 from damselfly.dfdaemon.handler import DownloadDefaults
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--node", action="append", default=[], help="supernode host[:port]")
     ap.add_argument("--listen", default="0.0.0.0", help="the proxy's address (default 0.0.0.0)")
     ap.add_argument("--verbose", action="store_true", help="debug logging")
+    ap.add_argument("--log-format", help="text (default) or json (one JSON object per line)")
     return ap
 
 
@@ -212,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         if ns.verbose:
             cfg.verbose = True
         engine_cfg = engine_config(cfg, ns.home)
+        if ns.log_format is not None:  # the command line wins over dfget_flags
+            engine_cfg = replace(engine_cfg, log=log_config(ns, engine_cfg.log))
         settings = proxy_settings(cfg, ns.listen)
     except ConfigError as e:
         ap.error(str(e))

@@ -18,6 +18,7 @@ from typing import Any
 
 from damselfly import __version__
 from damselfly.core.errors import REASON_DOWNLOAD_ERROR, ConfigError, DamselflyError
+from damselfly.core.logs import formatter
 from damselfly.dfget.options import (
     Options,
     build_parser,
@@ -152,7 +153,7 @@ def _setup_logging(opts: Options) -> None:
     if not (opts.console or opts.verbose):
         return
     h = logging.StreamHandler(sys.stderr)
-    h.setFormatter(logging.Formatter("dfget: %(message)s"))
+    h.setFormatter(formatter(opts.engine.log.format, "dfget: %(message)s"))
     root = logging.getLogger("damselfly")
     root.addHandler(h)
     root.setLevel(logging.DEBUG if opts.verbose else logging.INFO)

@@ -3,6 +3,10 @@
 One GET with the user's headers, streamed to a temp file beside the output in blocks that are
 written and hashed in a worker thread; the expected digest (``--md5`` or the URL's sha256) is
 checked before the temp file is ``os.replace``d onto the output. A failure leaves nothing behind.
+
+``reported`` tells a supernode, while the origin download runs, that this peer went to the
+origin and why (``dragonfly_supernode_back_source_total{reason}``): best effort, never delaying
+the download by more than ``REPORT_GRACE``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import contextlib
 import errno
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 
@@ -25,14 +29,19 @@ from damselfly.core.errors import (
     OriginNotFound,
 )
 from damselfly.core.ids import redact_url
+from damselfly.core.nodes import Node
+from damselfly.core.protocol import back_source_reason
 from damselfly.core.ratelimit import AsyncLimiter, acquire_all
 from damselfly.peer.fetch import OriginAccess
 from damselfly.peer.output import check_room, temp_path
+from damselfly.peer.snclient import SupernodeClient
 from damselfly.peer.wholefile import Expected
 
 BLOCK = 1024 * 1024
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
+#: the report runs beside the origin download; once that ends, it gets this much more time
+REPORT_GRACE = 1.0
 
 
 def origin_status_error(status: int, url: str) -> OriginError:
@@ -151,3 +160,28 @@ def _fallocate(fd: int, length: int) -> None:
     except OSError as e:
         if e.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
             raise
+
+
+@contextlib.asynccontextmanager
+async def reported(
+    supernodes: SupernodeClient, node: Node | None, task_id: str, peer_id: str, reason: int
+) -> AsyncIterator[None]:
+    """Report the back source (v1 ``reason`` code) to ``node`` while the body downloads."""
+    if node is None:  # no supernode answered: nobody to tell (the engine's metrics count it)
+        yield
+        return
+    report = asyncio.create_task(
+        supernodes.report_back_source(node, task_id, peer_id, back_source_reason(reason)),
+        name=f"backsource-report-{task_id[:8]}",
+    )
+    try:
+        yield
+    except asyncio.CancelledError:
+        report.cancel()  # the download is being cancelled: so is its report
+        raise
+    finally:
+        if not report.done():
+            await asyncio.wait({report}, timeout=REPORT_GRACE)
+        if not report.done():
+            report.cancel()
+            await asyncio.wait({report})

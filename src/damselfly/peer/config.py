@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from damselfly.core.errors import ConfigError
+from damselfly.core.logs import LogConfig, add_log_flags, log_config
 from damselfly.core.units import parse_duration, parse_rate
 
 DEFAULT_ALIVETIME = 300.0  # v1: the uploader exits after 5 minutes idle
@@ -43,6 +44,7 @@ class EngineConfig:
     ready_fd: int = -1  # the launcher's pipe: one "ready" line, then closed
     stall_timeout: float = DEFAULT_STALL_TIMEOUT
     heartbeat_interval: float = DEFAULT_HEARTBEAT
+    log: LogConfig = field(default_factory=LogConfig)  # engine.log format, rotation
 
     @property
     def data_dir(self) -> Path:
@@ -74,7 +76,7 @@ class EngineConfig:
             out.append("--verbose")
         if self.stall_timeout != DEFAULT_STALL_TIMEOUT:
             out += ["--stall-timeout", f"{self.stall_timeout:g}s"]
-        return out
+        return out + self.log.argv()
 
 
 def validate_port(value: int | str, what: str = "port") -> int:
@@ -118,6 +120,7 @@ def add_engine_flags(ap: argparse.ArgumentParser, home_required: bool = False) -
     ap.add_argument("--totallimit", help="host-wide download rate, e.g. 100M (default: none)")
     ap.add_argument("--stall-timeout", help=argparse.SUPPRESS)
     ap.add_argument("--verbose", action="store_true", help="debug logging")
+    add_log_flags(ap)
 
 
 def config_from_args(
@@ -145,6 +148,7 @@ def config_from_args(
             _duration(ns.stall_timeout, "--stall-timeout", DEFAULT_STALL_TIMEOUT),
             "--stall-timeout",
         ),
+        log=log_config(ns),
     )
 
 

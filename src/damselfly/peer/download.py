@@ -34,6 +34,7 @@ from damselfly.core.errors import (
     PieceFetchError,
 )
 from damselfly.core.ids import redact_url, sha256_in_url, task_id
+from damselfly.core.logs import fields
 from damselfly.core.nodes import Node, rendezvous_order
 from damselfly.core.pieces import PiecePlan
 from damselfly.core.protocol import (
@@ -47,7 +48,7 @@ from damselfly.core.protocol import (
     ScheduleRequest,
 )
 from damselfly.core.ratelimit import AsyncLimiter
-from damselfly.peer.backsource import back_source
+from damselfly.peer.backsource import back_source, reported
 from damselfly.peer.fetch import OriginAccess, PieceFetcher, ssl_for
 from damselfly.peer.net import local_ip_for
 from damselfly.peer.output import check_output_dir, check_room, place, same_filesystem
@@ -166,10 +167,22 @@ class Download:
         #: streaming hook (dfdaemon): called with the task's local copy when it is opened and
         #: again after each piece is verified and written; it must not block or raise
         self.on_piece: Callable[[TaskData], None] | None = None
+        #: the supernode that last answered (told when this download goes to the origin)
+        self.answered: Node | None = None
 
     # -- entry -----------------------------------------------------------------------------
 
     async def run(self) -> DownloadResult:
+        """The download's result; one summary line is logged however it ends."""
+        try:
+            result = await self._result()
+        except asyncio.CancelledError:
+            _log_summary(self, None)
+            raise
+        _log_summary(self, result)
+        return result
+
+    async def _result(self) -> DownloadResult:
         start = self._started
         try:
             self.origin.ssl = ssl_for(self.req.cacerts, self.req.insecure)
@@ -199,7 +212,6 @@ class Download:
             )
 
     def _fail(self, reason: int, message: str) -> DownloadResult:
-        log.info("download of %s failed: %s", redact_url(self.req.url), message)
         return DownloadResult(
             False,
             reason,
@@ -235,15 +247,19 @@ class Download:
         if self.url_sha256:
             expected.append(Expected("sha256", self.url_sha256, "the sha256 in the URL"))
         after = f" (after the swarm failed: {why})" if why else ""
+        node = self.answered
+        if reason == REASON_USER_SOURCE:  # no registration: tell the task's first supernode
+            node = next(iter(rendezvous_order(self.tid, self.req.node_list())), None)
         try:
-            self.length = await back_source(
-                self.svc.session,
-                self.origin,
-                self.req.output,
-                expected,
-                self.limiters,
-                self._origin_progress,
-            )
+            async with reported(self.svc.supernodes, node, self.tid, self.svc.peer_id, reason):
+                self.length = await back_source(
+                    self.svc.session,
+                    self.origin,
+                    self.req.output,
+                    expected,
+                    self.limiters,
+                    self._origin_progress,
+                )
         except NoSpaceError as e:
             raise Fatal(REASON_NO_SPACE, str(e)) from None
         except IntegrityError as e:
@@ -283,11 +299,13 @@ class Download:
                     self._say(f"supernode {node.addr} did not answer; trying the next one")
                     break
                 except Rejected as e:
+                    self.answered = node
                     msg = f"supernode {node.addr} refused the download: {e.message}"
                     if e.code in _ORIGIN_FINAL:
                         raise Fatal(REASON_SOURCE_ERROR, _origin_hint(msg, e.code)) from None
                     raise BackSource(REASON_REGISTER_FAIL, msg) from None
                 registered = True
+                self.answered = node
                 try:
                     await self._download_from(node, reg)
                     return
@@ -556,6 +574,48 @@ class Download:
             return
         self._last_progress = now
         self.emit({"event": "progress", "completed": done, "total": total})
+
+
+def _log_summary(dl: Download, r: DownloadResult | None) -> None:
+    """The one line per finished download (``r`` None: cancelled); JSON logs get the fields."""
+    svc, src = dl.svc, (r.bytes_from if r is not None else dl.bytes_from)
+    outcome = "cancelled" if r is None else "success" if r.ok else "failure"
+    cost = r.cost if r is not None else svc.clock.now() - dl._started
+    length = r.length if r is not None else dl.length
+    reason = r.reason if r is not None else REASON_DOWNLOAD_ERROR
+    error = "" if r is None or r.ok else r.message
+    # the address given to the supernode; the host's name when none was (-p source)
+    peer = f"{svc.ip or svc.seen_ip or svc.hostname}:{svc.peer_port}"
+    url = redact_url(dl.req.url)
+    log.info(
+        "download %s: task %s peer %s (%s) %s length %d bytes from origin %d supernode %d "
+        "peers %d in %.3fs reason %d%s",
+        outcome,
+        dl.tid[:12],
+        svc.peer_id,
+        peer,
+        url,
+        length,
+        src.get("origin", 0),
+        src.get("supernode", 0),
+        src.get("peers", 0),
+        cost,
+        reason,
+        f": {error}" if error else "",
+        extra=fields(
+            event="download",
+            task_id=dl.tid,
+            peer_id=svc.peer_id,
+            peer=peer,
+            url=url,
+            length=length,
+            bytes_from=dict(src),
+            duration=round(cost, 3),
+            result=outcome,
+            reason=reason,
+            error=error,
+        ),
+    )
 
 
 def _origin_hint(message: str, code: str) -> str:

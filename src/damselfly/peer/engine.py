@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import fcntl
 import logging
-import logging.handlers
 import os
 import re
 import secrets
@@ -32,6 +31,7 @@ from aiohttp import web
 from damselfly import __version__
 from damselfly.core.clock import Clock, MonotonicClock
 from damselfly.core.errors import ConfigError, DamselflyError
+from damselfly.core.logs import formatter
 from damselfly.core.nodes import Node
 from damselfly.core.ratelimit import AsyncLimiter
 from damselfly.peer.client import EngineClient
@@ -300,15 +300,10 @@ def acquire_lock(cfg: EngineConfig, wait: float = LOCK_WAIT_S) -> int | None:
 def setup_logging(cfg: EngineConfig) -> None:
     root = logging.getLogger("damselfly")
     root.setLevel(logging.DEBUG if cfg.verbose else logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    fh = logging.handlers.RotatingFileHandler(
-        cfg.logs_dir / "engine.log", maxBytes=16 * 1024 * 1024, backupCount=3
-    )
-    fh.setFormatter(fmt)
-    root.addHandler(fh)
+    root.addHandler(cfg.log.file_handler(cfg.logs_dir / "engine.log"))
     if cfg.foreground:
         sh = logging.StreamHandler(sys.stderr)
-        sh.setFormatter(fmt)
+        sh.setFormatter(formatter(cfg.log.format))
         root.addHandler(sh)
 
 

@@ -112,6 +112,22 @@ class SupernodeClient:
         except (SupernodeDown, Rejected) as e:
             log.debug("leave task %s at %s: %s", task_id[:12], node.addr, e)
 
+    async def report_back_source(
+        self, node: Node, task_id: str, peer_id: str, reason: str, limit_s: float = SMALL_TIMEOUT
+    ) -> bool:
+        """Tell ``node`` this peer takes the task from the origin (for its metrics)."""
+        try:
+            await self._post(
+                node,
+                f"/api/v1/tasks/{task_id}/backsource",
+                {"peer_id": peer_id, "reason": reason},
+                limit_s,
+            )
+            return True
+        except (SupernodeDown, Rejected) as e:
+            log.debug("back-source report to %s: %s", node.addr, e)
+            return False
+
     async def leave_peer(self, node: Node, peer_id: str) -> None:
         try:
             await self._post(node, f"/api/v1/peers/{peer_id}/leave", {"peer_id": peer_id}, 2.0)

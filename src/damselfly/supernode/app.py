@@ -30,6 +30,7 @@ from damselfly.core.ids import redact_url, task_id, validate_peer_id, validate_t
 from damselfly.core.protocol import (
     STATUS_DONE,
     STATUS_WAIT,
+    BackSourceReport,
     PieceSource,
     RegisterRequest,
     RegisterResponse,
@@ -428,6 +429,20 @@ class Supernode:
         self._wake(tid)
         return web.json_response({"ok": True})
 
+    async def back_source(self, request: web.Request) -> web.Response:
+        """A peer goes to the origin itself: counted by its reason (a bounded label)."""
+        tid = validate_task_id(request.match_info["task_id"])
+        rep = BackSourceReport.from_json(loads_bounded(await request.read()))
+        self.metrics.back_source.labels(reason=rep.reason).inc()
+        self._downloads.pop((tid, rep.peer_id), None)  # it will not finish through the swarm
+        log.info(
+            "peer %s downloads task %s from the origin itself (%s)",
+            rep.peer_id,
+            tid[:12],
+            rep.reason,
+        )
+        return web.json_response({"ok": True})
+
     async def heartbeat(self, request: web.Request) -> web.Response:
         pid = validate_peer_id(request.match_info["peer_id"])
         self.scheduler.heartbeat(pid)
@@ -505,6 +520,7 @@ def make_api_app(node: Supernode) -> web.Application:
     app.router.add_post("/api/v1/register", node.register)
     app.router.add_post("/api/v1/tasks/{task_id}/schedule", node.schedule)
     app.router.add_post("/api/v1/tasks/{task_id}/leave", node.leave_task)
+    app.router.add_post("/api/v1/tasks/{task_id}/backsource", node.back_source)
     app.router.add_post("/api/v1/peers/{peer_id}/heartbeat", node.heartbeat)
     app.router.add_post("/api/v1/peers/{peer_id}/leave", node.leave_peer)
     app.router.add_get("/api/v1/tasks", node.list_tasks)

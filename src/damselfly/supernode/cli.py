@@ -12,7 +12,7 @@ from pathlib import Path
 
 from damselfly import __version__
 from damselfly.core.errors import ConfigError, DamselflyError
-from damselfly.core.logs import setup_logging
+from damselfly.core.logs import LogConfig, add_log_flags, log_config, setup_logging
 from damselfly.core.units import parse_duration, parse_rate, parse_size
 from damselfly.supernode.config import SupernodeConfig, load_yaml
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--full-gc-threshold", help="free disk below which any unused cached task goes (5G)"
     )
-    ap.add_argument("--log-format", choices=["text", "json"], help="default text")
+    add_log_flags(ap)
     ap.add_argument("--verbose", action="store_true", default=None, help="debug logging")
     return ap
 
@@ -68,7 +68,6 @@ def load_config(argv: list[str]) -> SupernodeConfig:
         "down_limit": args.down_limit,
         "cdn_pattern": args.cdn_pattern,
         "verbose": args.verbose,
-        "log_format": args.log_format,
     }
     for k, v in simple.items():
         if v is not None:
@@ -87,6 +86,8 @@ def load_config(argv: list[str]) -> SupernodeConfig:
         cfg.task_expire_time = parse_duration(args.task_expire_time, "--task-expire-time")
     if args.peer_gc_delay is not None:
         cfg.peer_gc_delay = parse_duration(args.peer_gc_delay, "--peer-gc-delay")
+    logs = log_config(args, LogConfig(cfg.log_format, cfg.log_max_bytes, cfg.log_backups))
+    cfg.log_format, cfg.log_max_bytes, cfg.log_backups = logs.format, logs.max_bytes, logs.backups
     cfg.home_dir = cfg.home_dir.expanduser().resolve()
     cfg.validate()
     for key in ignored:
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"supernode: cannot use home dir: {e}", file=sys.stderr)
         return 2
-    setup_logging(cfg.verbose, True, cfg.home_dir / "logs" / "supernode.log", cfg.log_format)
+    logs = LogConfig(cfg.log_format, cfg.log_max_bytes, cfg.log_backups)
+    setup_logging(cfg.verbose, True, cfg.home_dir / "logs" / "supernode.log", logs)
     try:
         asyncio.run(run(cfg))
     except OSError as e:

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from damselfly.core.errors import ConfigError
+from damselfly.core.logs import LOG_BACKUPS, LOG_MAX_BYTES, make_log_config
 from damselfly.core.units import parse_duration, parse_rate, parse_size
 
 CDN_PATTERNS = ("local", "source")
@@ -56,7 +57,9 @@ class SupernodeConfig:
     young_gc_threshold: int = 20 * 1024**3
     full_gc_threshold: int = 5 * 1024**3
     verbose: bool = False
-    log_format: str = "text"
+    log_format: str = "text"  # text | json (core/logs.py)
+    log_max_bytes: int = LOG_MAX_BYTES  # supernode.log rotates at this size (0: never)
+    log_backups: int = LOG_BACKUPS
 
     @property
     def cdn_rate(self) -> int | None:
@@ -82,8 +85,7 @@ class SupernodeConfig:
             raise ConfigError("--up-limit and --down-limit must be at least 1")
         if self.cdn_pattern not in CDN_PATTERNS:
             raise ConfigError(f"invalid --cdn-pattern {self.cdn_pattern!r}", "use local or source")
-        if self.log_format not in ("text", "json"):
-            raise ConfigError(f"invalid --log-format {self.log_format!r}", "use text or json")
+        make_log_config(self.log_format, self.log_max_bytes, self.log_backups)
         _ = self.cdn_rate
         if self.full_gc_threshold > self.young_gc_threshold:
             raise ConfigError(

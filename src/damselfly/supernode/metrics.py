@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from damselfly.core.protocol import BACK_SOURCE_NAMES
 from damselfly.supernode.preheat import RUNNING, WAITING
 
 if TYPE_CHECKING:
@@ -148,6 +149,16 @@ class SupernodeMetrics:
             "Time to answer a registration (includes waiting for the origin's headers)",
             registry=self.registry,
         )
+
+        self.back_source = Counter(
+            f"{NS}_back_source",
+            "Downloads peers reported taking from the origin themselves, by reason "
+            f"({', '.join(BACK_SOURCE_NAMES)})",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in BACK_SOURCE_NAMES:  # every reason shows (at 0) before it first happens
+            self.back_source.labels(reason=reason)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
