@@ -88,8 +88,14 @@ def test_console_in_headless_chromium(procs: Procs, tmp_path: Path, random_file)
         assert "Damselfly" in driver.title
 
         def task_row() -> str:
-            rows = driver.find_elements("css selector", "#tasks tbody tr")
-            text = " ".join(r.text for r in rows)
+            # read the table's text in one script call: the page re-renders the rows on every
+            # update, so element handles found earlier can go stale between two calls
+            text = str(
+                driver.execute_script(
+                    "const b = document.querySelector('#tasks tbody');"
+                    "return b ? b.innerText.replace(/\\s+/g, ' ') : '';"
+                )
+            )
             return text if "slow.bin" in text else ""
 
         first = wait_until(task_row, timeout=30, what="the running task in the console")
