@@ -77,7 +77,7 @@ def test_file_preheat_then_dfget_hits_the_cache(procs: Procs, tmp_path: Path, ra
         return None
 
     rec = wait(done_line, what="the download-done log line")
-    assert tid in rec["msg"] and f"supernode {size}" in rec["msg"], rec
+    assert tid in rec["message"] and f"supernode {size}" in rec["message"], rec
     listing = http_get(f"http://{sn.addr}/preheats")[1].decode()
     for secret in ("SECRETSIG", "HDRSECRET"):
         assert secret not in listing
