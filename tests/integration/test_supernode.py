@@ -56,8 +56,11 @@ def schedule(sn: SupernodeHandle, tid: str, peer: str, results: list[dict] | Non
     return resp
 
 
-def download_all(sn: SupernodeHandle, tid: str, peer: str, plan: PiecePlan) -> bytes:
-    """Act as a peer: fetch every piece the scheduler hands out, verify, report; return the file."""
+def download_all(
+    sn: SupernodeHandle, tid: str, peer: str, plan: PiecePlan, grant: str = ""
+) -> bytes:
+    """Act as a peer: fetch every piece the scheduler hands out, verify, report; return the file.
+    ``grant``: the peer's grant for a private task (from its register answer)."""
     got: dict[int, bytes] = {}
     results: list[dict] = []
     for _ in range(10 * plan.count + 50):  # bounded
@@ -69,7 +72,13 @@ def download_all(sn: SupernodeHandle, tid: str, peer: str, plan: PiecePlan) -> b
         for a in resp["pieces"]:
             src = a["source"]
             assert src["kind"] == "supernode"
-            code, data = http_get(f"http://{src['ip']}:{src['port']}/pieces/{tid}/{a['num']}")
+            url = f"http://{src['ip']}:{src['port']}/pieces/{tid}/{a['num']}"
+            if grant:
+                req = urllib.request.Request(url, headers={"X-Damselfly-Grant": grant})
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    code, data = r.status, r.read()
+            else:
+                code, data = http_get(url)
             ok = code == 200 and hashlib.sha256(data).hexdigest() == a["digest"]
             if ok:
                 got[a["num"]] = data
@@ -161,7 +170,8 @@ def test_origin_auth_error_and_headers_reach_origin(procs: Procs, tmp_path: Path
     code, body = register(sn, origin.url("p.bin"), headers={"Authorization": secret})
     assert code == 200, body
     tid = body["task_id"]
-    assert download_all(sn, tid, "peer-1", PiecePlan.for_length(len(data))) == data
+    plan = PiecePlan.for_length(len(data))
+    assert download_all(sn, tid, "peer-1", plan, body["grant"]) == data
     # the secret is nowhere the supernode writes or answers
     listing = json.dumps(sn.api("/api/v1/tasks")) + json.dumps(sn.api(f"/api/v1/tasks/{tid}"))
     listing += http_get(f"http://{sn.addr}/metrics")[1].decode()

@@ -26,6 +26,7 @@ MAX_BODY = 256 * 1024
 MAX_HEADERS = 64
 MAX_HEADER_LEN = 8192
 MAX_RESULTS = 1024
+MAX_GRANT = 512  # core.grants.MAX_GRANT_LEN
 PATTERNS = ("p2p", "cdn", "source")
 SOURCE_KINDS = ("peer", "supernode", "origin")
 FAILURE_KINDS = ("", "digest", "timeout", "connect", "http", "short", "other")
@@ -154,18 +155,30 @@ class RegisterResponse:
     piece_size: int
     piece_count: int
     cdn_pattern: str = "local"  # "source": pieces come from the origin by Range
+    #: the task is private: piece servers serve it only to holders of a grant (core/grants.py)
+    private: bool = False
+    #: this peer's grant for a private task ("" for a public one)
+    grant: str = ""
+    #: the supernode's Ed25519 public key (base64url), with which grants are checked
+    supernode_key: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> RegisterResponse:
+        private = obj.get("private", False)
+        if not isinstance(private, bool):
+            raise BadRequest("field 'private' must be a boolean")
         return cls(
             task_id=validate_task_id(_str(obj, "task_id", limit=64)),
             length=_int(obj, "length", 0, 2**50),
             piece_size=_int(obj, "piece_size", 1, 2**31),
             piece_count=_int(obj, "piece_count", 0, 2**31),
             cdn_pattern=_str(obj, "cdn_pattern", "local", 16),
+            private=private,
+            grant=_str(obj, "grant", "", MAX_GRANT),
+            supernode_key=_str(obj, "supernode_key", "", 64),
         )
 
 
@@ -288,6 +301,7 @@ class ScheduleResponse:
     message: str = ""
     error_code: str = ""  # with STATUS_FAILED: an errors.*.code
     file_sha256: str = ""  # the whole file's sha256, known once the CDN has finished
+    grant: str = ""  # a private task: this peer's renewed grant (its old one is past half-life)
 
     def to_json(self) -> dict[str, Any]:
         # written out by hand: dataclasses.asdict's generic deep copy was 14% of the supernode's
@@ -313,6 +327,7 @@ class ScheduleResponse:
             "message": self.message,
             "error_code": self.error_code,
             "file_sha256": self.file_sha256,
+            "grant": self.grant,
         }
 
     @classmethod
@@ -330,6 +345,7 @@ class ScheduleResponse:
             message=_str(obj, "message", "", 4096),
             error_code=_str(obj, "error_code", "", 64),
             file_sha256=_str(obj, "file_sha256", "", 64),
+            grant=_str(obj, "grant", "", MAX_GRANT),
         )
 
 

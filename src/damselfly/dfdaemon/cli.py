@@ -45,7 +45,13 @@ KNOWN_KEYS = (
     "ratelimit",
     "localrepo",
     "verbose",
+    # cluster security (core/cluster.py; docs/deploy.md): file paths for the host's engine
+    "cluster_token_file",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
 )
+SECURITY_KEYS = ("cluster_token_file", "tls_cert", "tls_key", "tls_ca")
 
 if TYPE_CHECKING:
     from damselfly.dfdaemon.daemon import ProxySettings
@@ -63,6 +69,8 @@ class DaemonConfig:
     proxies: list[dict[str, Any]] = field(default_factory=list)
     hijack_https: dict[str, Any] = field(default_factory=dict)
     rules: Rules = field(default_factory=Rules)
+    #: cluster_token_file, tls_cert, tls_key, tls_ca → a path (the engine reads them)
+    security: dict[str, str] = field(default_factory=dict)
 
 
 def parse_daemon_config(obj: Any, path: str = "config") -> DaemonConfig:
@@ -97,6 +105,7 @@ def parse_daemon_config(obj: Any, path: str = "config") -> DaemonConfig:
         registry_mirror=_mapping(obj, "registry_mirror", path),
         proxies=_list_of_mappings(obj, "proxies", path),
         hijack_https=_mapping(obj, "hijack_https", path),
+        security={k: _path(obj, k, path) for k in SECURITY_KEYS if obj.get(k) is not None},
     )
     cfg.rules = parse_rules(cfg.proxies, cfg.registry_mirror, cfg.hijack_https, path)
     return cfg
@@ -158,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--listen", default="0.0.0.0", help="the proxy's address (default 0.0.0.0)")
     ap.add_argument("--verbose", action="store_true", help="debug logging")
     ap.add_argument("--log-format", help="text (default) or json (one JSON object per line)")
+    ap.add_argument("--cluster-token-file", help="file holding the cluster token (default none)")
+    ap.add_argument("--tls-cert", help="serve pieces to peers over HTTPS: PEM certificate")
+    ap.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
+    ap.add_argument("--tls-ca", help="talk HTTPS to supernodes and peers, trusting this CA")
     return ap
 
 
@@ -213,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
             parse_nodes(cfg.nodes)
         if ns.verbose:
             cfg.verbose = True
+        for key in SECURITY_KEYS:  # the command line wins over the file
+            if getattr(ns, key) is not None:
+                cfg.security[key] = getattr(ns, key)
         engine_cfg = engine_config(cfg, ns.home)
         if ns.log_format is not None:  # the command line wins over dfget_flags
             engine_cfg = replace(engine_cfg, log=log_config(ns, engine_cfg.log))
@@ -282,6 +298,8 @@ def engine_config(cfg: DaemonConfig, home: str | None) -> EngineConfig:
         ns.home = home
     if cfg.verbose:
         ns.verbose = True
+    for key, value in cfg.security.items():  # the file's keys win over dfget_flags
+        setattr(ns, key, value)
     ns.alivetime = "0"
     return config_from_args(ns, foreground=True)
 

@@ -1,7 +1,8 @@
 """dfget's flags and config file (v1 names and meanings), resolved once into ``Options``.
 
 Precedence: built-in defaults < config file (``/etc/dragonfly/dfget.yml`` or ``--config FILE``;
-keys ``nodes``, ``localLimit``, ``minRate``, ``totalLimit``, ``workHome``) < command line. The one
+keys ``nodes``, ``localLimit``, ``minRate``, ``totalLimit``, ``workHome``, and the cluster
+security paths ``clusterTokenFile``, ``tlsCert``, ``tlsKey``, ``tlsCA``) < command line. The one
 v1 default Damselfly changes: no rate limit unless one is set.
 """
 
@@ -15,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from damselfly.core.cluster import ClusterSecurity
 from damselfly.core.configfile import read_config_file
 from damselfly.core.errors import BadRequest, ConfigError
 from damselfly.core.ids import parse_filter, validate_md5, validate_url
@@ -25,7 +27,22 @@ from damselfly.peer.config import EngineConfig, add_engine_flags, config_from_ar
 
 SYSTEM_CONFIG = "/etc/dragonfly/dfget.yml"
 DEFAULT_NODE = "127.0.0.1:8002"
-CONFIG_KEYS = {"nodes", "localLimit", "minRate", "totalLimit", "workHome", "clientQueueSize"}
+#: dfget.yml keys of the cluster security paths (core/cluster.py) → ClusterSecurity fields
+SECURITY_KEYS = {
+    "clusterTokenFile": "token_file",
+    "tlsCert": "tls_cert",
+    "tlsKey": "tls_key",
+    "tlsCA": "tls_ca",
+}
+CONFIG_KEYS = {
+    "nodes",
+    "localLimit",
+    "minRate",
+    "totalLimit",
+    "workHome",
+    "clientQueueSize",
+    *SECURITY_KEYS,
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +54,7 @@ class FileConfig:
     minrate: int | None = None
     totallimit: int | None = None
     home: str | None = None
+    security: ClusterSecurity = field(default_factory=ClusterSecurity)
 
 
 @dataclass
@@ -186,12 +204,25 @@ def parse_file_config(text: bytes | str, path: str = "config") -> FileConfig:
     home = obj.get("workHome")
     if home is not None and (not isinstance(home, str) or not home):
         raise ConfigError(f"'workHome' in {path} must be a directory path")
+    paths: dict[str, str] = {}
+    for key, name in SECURITY_KEYS.items():
+        v = obj.get(key)
+        if v is not None and (not isinstance(v, str) or not v):
+            raise ConfigError(f"'{key}' in {path} must be a file path")
+        if v:
+            paths[name] = v
     return FileConfig(
         nodes=nodes,
         locallimit=_opt(obj, "localLimit", lambda v: parse_rate(v, "localLimit")),
         minrate=_opt(obj, "minRate", lambda v: parse_rate(v, "minRate")),
         totallimit=_opt(obj, "totalLimit", lambda v: parse_rate(v, "totalLimit")),
         home=home,
+        security=ClusterSecurity.from_paths(
+            paths.get("token_file"),
+            paths.get("tls_cert"),
+            paths.get("tls_key"),
+            paths.get("tls_ca"),
+        ),
     )
 
 
@@ -245,7 +276,9 @@ def resolve_output(output: str | None, url: str, cwd: str) -> str:
 
 
 def engine_config(ns: argparse.Namespace, fc: FileConfig, foreground: bool = False) -> EngineConfig:
-    return config_from_args(ns, home=fc.home, totallimit=fc.totallimit, foreground=foreground)
+    return config_from_args(
+        ns, home=fc.home, totallimit=fc.totallimit, foreground=foreground, security=fc.security
+    )
 
 
 def resolve(ns: argparse.Namespace, fc: FileConfig, cwd: str) -> Options:

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from damselfly.core.cluster import ClusterSecurity
 from damselfly.core.errors import ConfigError
 from damselfly.core.logs import LogConfig, add_log_flags, log_config
 from damselfly.core.units import parse_duration, parse_rate
@@ -45,6 +46,8 @@ class EngineConfig:
     stall_timeout: float = DEFAULT_STALL_TIMEOUT
     heartbeat_interval: float = DEFAULT_HEARTBEAT
     log: LogConfig = field(default_factory=LogConfig)  # engine.log format, rotation
+    #: cluster token file and TLS files (core/cluster.py); paths only, never a secret
+    security: ClusterSecurity = field(default_factory=ClusterSecurity)
 
     @property
     def data_dir(self) -> Path:
@@ -76,7 +79,7 @@ class EngineConfig:
             out.append("--verbose")
         if self.stall_timeout != DEFAULT_STALL_TIMEOUT:
             out += ["--stall-timeout", f"{self.stall_timeout:g}s"]
-        return out + self.log.argv()
+        return out + self.security.argv() + self.log.argv()
 
 
 def validate_port(value: int | str, what: str = "port") -> int:
@@ -119,6 +122,14 @@ def add_engine_flags(ap: argparse.ArgumentParser, home_required: bool = False) -
     ap.add_argument("--expiretime", help="delete task data idle this long (default 3m)")
     ap.add_argument("--totallimit", help="host-wide download rate, e.g. 100M (default: none)")
     ap.add_argument("--stall-timeout", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--cluster-token-file",
+        help="file holding the cluster token, sent to supernodes and peers and required of "
+        "peers fetching from this host (default: none)",
+    )
+    ap.add_argument("--tls-cert", help="serve pieces to peers over HTTPS: PEM certificate")
+    ap.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
+    ap.add_argument("--tls-ca", help="talk HTTPS to supernodes and peers, trusting this CA (PEM)")
     ap.add_argument("--verbose", action="store_true", help="debug logging")
     add_log_flags(ap)
 
@@ -128,6 +139,7 @@ def config_from_args(
     home: str | None = None,
     totallimit: int | None = None,
     foreground: bool | None = None,
+    security: ClusterSecurity | None = None,
 ) -> EngineConfig:
     """An EngineConfig from parsed engine flags; ``home``/``totallimit`` are fallbacks (e.g.
     from a config file) used when the flag is absent."""
@@ -149,6 +161,21 @@ def config_from_args(
             "--stall-timeout",
         ),
         log=log_config(ns),
+        security=_security(ns, security or ClusterSecurity()),
+    )
+
+
+def _security(ns: argparse.Namespace, fallback: ClusterSecurity) -> ClusterSecurity:
+    """Flags win over ``fallback`` (a config file's), each on its own."""
+
+    def pick(flag: str, default: str) -> str | None:
+        return getattr(ns, flag, None) or default or None
+
+    return ClusterSecurity.from_paths(
+        pick("cluster_token_file", fallback.token_file),
+        pick("tls_cert", fallback.tls_cert),
+        pick("tls_key", fallback.tls_key),
+        pick("tls_ca", fallback.tls_ca),
     )
 
 

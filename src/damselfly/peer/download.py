@@ -33,6 +33,7 @@ from damselfly.core.errors import (
     OriginError,
     PieceFetchError,
 )
+from damselfly.core.grants import GrantError, GrantVerifier, decode_public_key
 from damselfly.core.ids import redact_url, sha256_in_url, task_id
 from damselfly.core.logs import fields
 from damselfly.core.nodes import Node, rendezvous_order
@@ -101,6 +102,9 @@ class Services:
     on_registered: Callable[[Node, TaskData], None] = lambda node, td: None
     #: kept-alive connections to peers and supernodes for piece fetches (closed by the engine)
     pieces: PieceClient = field(default_factory=PieceClient)
+    #: the supernode keys this engine trusts for grants to private tasks (learned when
+    #: registering); the upload server checks grants with it
+    grants: GrantVerifier = field(default_factory=GrantVerifier)
 
 
 @dataclass(slots=True)
@@ -337,6 +341,11 @@ class Download:
         )
         reg = await self.svc.supernodes.register(node, req)
         self.svc.seen_ip = ip
+        if reg.supernode_key:
+            try:
+                self.svc.grants.trust(decode_public_key(reg.supernode_key))
+            except GrantError:
+                log.warning("supernode %s sent a malformed key; ignored", node.addr)
         if PiecePlan(reg.length, reg.piece_size).count != reg.piece_count:
             raise SupernodeDown(f"supernode {node.addr} sent an inconsistent piece count")
         self.length = reg.length
@@ -369,6 +378,9 @@ class Download:
             )
         except NoSpaceError as e:
             raise BackSource(REASON_NO_SPACE, str(e)) from None
+        if reg.private and not td.private:
+            td.private = True  # before anyone can ask for a piece of it, and kept in its meta
+            await store.save_meta(td)
         try:
             if not await asyncio.to_thread(same_filesystem, td.path, out_dir):
                 try:
@@ -411,6 +423,7 @@ class Download:
         fetcher = PieceFetcher(
             svc.session, reg.task_id, self.origin, self.limiters, svc.stall_timeout, svc.pieces
         )
+        fetcher.grant = reg.grant
         hasher = self._hasher(td, plan)
         self._confirmed.clear()  # confirmations hold for one supernode's digests
         changed = asyncio.Event()
@@ -448,6 +461,8 @@ class Download:
                     if resp.error_code in _ORIGIN_FINAL:
                         raise Fatal(REASON_SOURCE_ERROR, _origin_hint(msg, resp.error_code))
                     raise BackSource(REASON_SOURCE_ERROR, msg)
+                if resp.grant:
+                    fetcher.grant = resp.grant  # renewed at half its life
                 decision = plan.on_response(resp)
                 if decision.stale:
                     self._say("the local copy is from an older version of the file; dropping it")
@@ -458,6 +473,10 @@ class Download:
                     self._confirmed.clear()
                     hasher = self._hasher(td, plan)
                     decision = plan.on_response(resp)
+                if decision.rejected:  # pieces cut for another length: start over at its size
+                    # (leaving first: the scheduler must forget what this copy held)
+                    await svc.supernodes.leave_task(node, reg.task_id, svc.peer_id)
+                    raise TaskLost("the file changed size at the origin")
                 self._confirmed.on_assigned(resp.pieces, td.verified_here)
                 for a in decision.fetch:
                     fetches.spawn(

@@ -31,6 +31,7 @@ from aiohttp import web
 from damselfly import __version__
 from damselfly.core.clock import Clock, MonotonicClock
 from damselfly.core.errors import ConfigError, DamselflyError
+from damselfly.core.grants import GrantVerifier
 from damselfly.core.logs import formatter
 from damselfly.core.nodes import Node
 from damselfly.core.ratelimit import AsyncLimiter
@@ -38,10 +39,11 @@ from damselfly.peer.client import EngineClient
 from damselfly.peer.config import EngineConfig, config_from_args, engine_arg_parser
 from damselfly.peer.control import ControlApi
 from damselfly.peer.download import Services
+from damselfly.peer.piececlient import PieceClient
 from damselfly.peer.snclient import SupernodeClient
 from damselfly.peer.store import LocalStore, TaskData
 from damselfly.peer.tasks import TaskOwner
-from damselfly.store.pieceserver import PieceServer
+from damselfly.store.pieceserver import GrantGuard, PieceServer
 
 log = logging.getLogger("damselfly.peer.engine")
 
@@ -73,7 +75,18 @@ class Engine:
         self.last_activity = self.clock.now()
         self.port = 0
         self.ip = cfg.ip
-        self.pieceserver = PieceServer(self.store, on_served=self._served)
+        # private tasks: pieces only for holders of a grant by a supernode we registered with
+        self.grants = GrantVerifier()
+        # cluster security (core/cluster.py): read once here, a ConfigError when unusable
+        self.token = cfg.security.token()
+        self.server_tls = cfg.security.server_ssl()
+        self.client_tls = cfg.security.client_ssl()
+        self.pieceserver = PieceServer(
+            self.store,
+            on_served=self._served,
+            guard=GrantGuard(self.store.is_private, self.grants),
+            token=self.token,
+        )
         self._session: aiohttp.ClientSession | None = None
         self._runners: list[web.AppRunner] = []
         self.services: Services | None = None
@@ -111,7 +124,7 @@ class Engine:
         await self._start_upload_server()
         self.services = Services(
             session=self._session,
-            supernodes=SupernodeClient(self._session),
+            supernodes=SupernodeClient(self._session, self.token, self.client_tls),
             store=self.store,
             total_limiter=self.total_limiter,
             clock=self.clock,
@@ -120,6 +133,8 @@ class Engine:
             ip=self.cfg.ip,
             stall_timeout=self.cfg.stall_timeout,
             on_registered=self._registered,
+            grants=self.grants,
+            pieces=PieceClient(token=self.token, tls=self.client_tls),
         )
         await self._start_control()
         self.owner.spawn(self._heartbeat_loop(), "heartbeat")
@@ -135,7 +150,9 @@ class Engine:
         self._runners.append(runner)
         host = self.cfg.ip or "0.0.0.0"
         try:
-            site = web.TCPSite(runner, host, self.cfg.port, reuse_address=True)
+            site = web.TCPSite(
+                runner, host, self.cfg.port, reuse_address=True, ssl_context=self.server_tls
+            )
             await site.start()
         except OSError as e:
             raise ConfigError(

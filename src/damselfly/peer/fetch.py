@@ -3,8 +3,10 @@
 ``peer`` / ``supernode`` sources: ``GET http://ip:port/pieces/{task}/{num}`` through the engine's
 ``PieceClient`` (the body lands in the buffer by ``recv_into``). ``origin``: a Range GET on the
 task's URL with the user's headers, through aiohttp (TLS, redirects, proxies of the origin's
-world). Buffers come from a per-download ``BufferPool``: ``fetch`` hands one out, the caller gives
-it back with ``release`` once the piece is written. Every received chunk is paced by the task's
+world). A private task's pieces carry this peer's grant (``X-Damselfly-Grant``; kept current by
+the download from its register and schedule answers). Buffers come from a per-download
+``BufferPool``: ``fetch`` hands one out, the caller gives it back with ``release`` once the
+piece is written. Every received chunk is paced by the task's
 and the host's rate limiters. A source that sends nothing for ``stall`` seconds, answers an
 error, or sends too few or too many bytes fails the piece with a failure kind from the protocol
 (``connect``, ``timeout``, ``http``, ``short``, ``other``); digests are checked by the store.
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from damselfly.core.errors import DamselflyError, PieceFetchError
+from damselfly.core.grants import GRANT_HEADER
 from damselfly.core.protocol import PieceAssignment
 from damselfly.core.ratelimit import AsyncLimiter, acquire_all
 from damselfly.peer.piececlient import BufferPool, PieceClient
@@ -68,9 +71,16 @@ class PieceFetcher:
         self.timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=min(CONNECT_TIMEOUT, stall * 2), sock_read=stall
         )
+        # The version this download's origin pieces come from: the first 206 pins its validator
+        # and total length; later Range requests carry If-Range, so a file replaced meanwhile
+        # answers 200 (or another total) and the piece fails instead of mixing two versions.
+        self.pinned: tuple[str, str] | None = None
         self._own_client = pieces is None
         self.pieces = pieces if pieces is not None else PieceClient()
         self.buffers = BufferPool()
+        #: this peer's grant for a private task ("" for a public one): sent with every piece
+        #: request to a peer or supernode
+        self.grant = ""
 
     async def fetch(self, a: PieceAssignment) -> memoryview:
         """The piece's bytes (exactly ``a.size``), or PieceFetchError with a failure kind.
@@ -84,13 +94,21 @@ class PieceFetcher:
                 headers = dict(self.origin.headers)
                 headers["Range"] = f"bytes={a.start}-{end}"
                 headers["Accept-Encoding"] = "identity"
+                if self.pinned is not None and self.pinned[0]:
+                    headers["If-Range"] = self.pinned[0]
                 await self._get(self.origin.url, headers, a, buf)
                 return buf
             if not a.source.ip or not a.source.port:
                 raise PieceFetchError("the scheduler named a source without an address", "other")
             path = f"/pieces/{self.task_id}/{a.num}"
             await self.pieces.get_into(
-                a.source.ip, a.source.port, path, buf, self.stall, self.limiters
+                a.source.ip,
+                a.source.port,
+                path,
+                buf,
+                self.stall,
+                self.limiters,
+                {GRANT_HEADER: self.grant} if self.grant else None,
             )
             return buf
         except BaseException:
@@ -155,6 +173,16 @@ class PieceFetcher:
         m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
         if not m or int(m.group(1)) != a.start or int(m.group(2)) != a.start + a.size - 1:
             raise PieceFetchError("the origin answered another range than asked", "http")
+        etag = resp.headers.get("ETag", "")
+        version = (
+            (etag if etag and not etag.startswith("W/") else "")
+            or resp.headers.get("Last-Modified", ""),
+            m.group(3),
+        )
+        if self.pinned is None:
+            self.pinned = version
+        elif version != self.pinned:
+            raise PieceFetchError("the file changed at the origin during the download", "http")
         if resp.content_length is not None and resp.content_length != a.size:
             raise PieceFetchError(
                 f"the source announced {resp.content_length} bytes, expected {a.size}", "http"

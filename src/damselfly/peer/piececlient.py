@@ -18,6 +18,11 @@ time allocating and copying chunks.
   is replaced once, transparently, and one with unsolicited bytes waiting is dropped.
   ``close()`` closes the idle ones.
 
+Cluster security: with a cluster token every request carries it (``X-Damselfly-Token``); with a
+TLS context connections are HTTPS (``create_connection(..., ssl=ctx)``: asyncio's TLS transport
+feeds a ``BufferedProtocol`` too, so the same code reads the decrypted body into the buffer; the
+kernel-to-buffer zero copy is then a decrypt-into-buffer).
+
 ``BufferPool`` hands out piece buffers backed by anonymous mmaps, reuses them between pieces and
 unmaps them at ``close()``, so the engine's memory returns to the system after a transfer and no
 piece buffer is zero-filled or faulted in more than once per download.
@@ -32,7 +37,9 @@ import fcntl
 import ipaddress
 import mmap
 import re
+import ssl
 import termios
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from damselfly import __version__
@@ -340,8 +347,13 @@ class PieceClient:
         connect_timeout: float = CONNECT_TIMEOUT,
         max_idle_per_host: int = MAX_IDLE_PER_HOST,
         idle_ttl: float = IDLE_TTL,
+        token: str = "",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
+        self.tls = tls
+        # sent with every request (validated printable ASCII by core.cluster.read_token_file)
+        self._token_line = f"X-Damselfly-Token: {token}\r\n" if token else ""
         self.max_idle_per_host = max_idle_per_host
         self.idle_ttl = idle_ttl
         self.idle: dict[tuple[str, int], list[_Conn]] = {}
@@ -356,15 +368,23 @@ class PieceClient:
         into: memoryview,
         stall: float,
         limiters: list[AsyncLimiter | None] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         """GET ``path`` from ``host:port`` and fill ``into`` with exactly its bytes, or raise
         PieceFetchError (kinds connect, timeout, http, short). ``into`` is no longer written
-        once this returns or raises (or is cancelled)."""
+        once this returns or raises (or is cancelled). ``headers`` (e.g. a grant) are sent
+        as given (ASCII, no control characters)."""
         if self.closed:
             raise PieceFetchError("the engine is shutting down", "other")
+        extra = ""
+        for k, v in (headers or {}).items():
+            if any(c in k or c in v for c in "\r\n\x00"):
+                raise PieceFetchError("a piece request header holds control characters", "other")
+            extra += f"{k}: {v}\r\n"
         request = (
             f"GET {path} HTTP/1.1\r\nHost: {host_header(host, port)}\r\n"
-            f"User-Agent: damselfly/{__version__}\r\nAccept-Encoding: identity\r\n\r\n"
+            f"User-Agent: damselfly/{__version__}\r\nAccept-Encoding: identity\r\n"
+            f"{self._token_line}{extra}\r\n"
         ).encode("ascii")
         lims = [lim for lim in (limiters or []) if lim is not None]
         key = (host, port)
@@ -393,11 +413,20 @@ class PieceClient:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(limit):
-                _, conn = await loop.create_connection(lambda: _Conn(loop), host, port)
+                _, conn = await loop.create_connection(
+                    lambda: _Conn(loop),
+                    host,
+                    port,
+                    ssl=self.tls,
+                    server_hostname=host if self.tls is not None else None,
+                )
         except TimeoutError as e:
             raise PieceFetchError(
                 f"connecting to the source took longer than {limit:g}s", "timeout"
             ) from e
+        except ssl.SSLError as e:
+            why = getattr(e, "verify_message", "") or e.reason or e.__class__.__name__
+            raise PieceFetchError(f"TLS with the source failed: {why}", "connect") from e
         except OSError as e:
             why = e.strerror or e.__class__.__name__
             raise PieceFetchError(f"cannot connect to the source: {why}", "connect") from e

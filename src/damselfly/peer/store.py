@@ -63,6 +63,9 @@ class TaskData:
     #: supernode's per-piece sha256 (see wholefile.py); "" = not known
     confirmed_sha256: str = ""
     upload: bool = True  # False for pattern "cdn": download only, serve nothing
+    #: a private task (docs/protocol.md): served only to requests with a supernode's grant;
+    #: kept in the meta, so it stays private after a restart
+    private: bool = False
     last_used: float = 0.0
     active: int = 0  # downloads using it right now
     nodes: set[str] = field(default_factory=set)  # supernode base URLs that know we hold it
@@ -95,6 +98,7 @@ class TaskData:
             "file_sha256": self.file_sha256,
             "confirmed_sha256": self.confirmed_sha256,
             "upload": self.upload,
+            "private": self.private,
         }
 
     def __repr__(self) -> str:
@@ -241,6 +245,7 @@ class LocalStore:
                 file_sha256=str(obj.get("file_sha256") or ""),
                 confirmed_sha256=str(obj.get("confirmed_sha256") or ""),
                 upload=bool(obj.get("upload", True)),
+                private=obj.get("private", False) is not False,  # anything odd: private
             )
         except (OSError, ValueError, KeyError, TypeError):
             for p in (meta_path, data_path):
@@ -386,6 +391,10 @@ class LocalStore:
             await self.save_meta(td)
             if td.fd >= 0:
                 await asyncio.to_thread(_close_fds, _take_fds(td))
+
+    def is_private(self, task_id: str) -> bool:
+        td = self.tasks.get(task_id)
+        return td is not None and td.private
 
     # -- PieceProvider ---------------------------------------------------------------------
 

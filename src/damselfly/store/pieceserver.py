@@ -4,6 +4,11 @@ Shared by the supernode's download port (8001) and every peer engine's upload po
 from a request reaches the file system: the task id and piece number are validated and looked
 up through a ``PieceProvider``, which answers only pieces it holds verified. Bytes go out with
 ``sendfile`` (zero copy), paced by an optional host-wide upload limiter.
+
+Private tasks: an optional ``PieceGuard`` decides, after the piece is found, whether this request
+may have it (a grant in ``X-Damselfly-Grant``, see ``core/grants.py``); a refusal is a 403 with
+the reason, never the bytes. With a cluster token (``core/cluster.py``) every request must carry
+it (401 otherwise), before anything else is looked at.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from typing import Protocol
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
+from damselfly.core.cluster import TOKEN_HEADER, TOKEN_HINT, TOKEN_REFUSED, token_ok
 from damselfly.core.errors import BadRequest
+from damselfly.core.grants import GRANT_HEADER, GrantError, GrantVerifier
 from damselfly.core.ids import validate_task_id
 from damselfly.core.ratelimit import AsyncLimiter
 
@@ -36,6 +43,30 @@ class PieceProvider(Protocol):
     async def locate(self, task_id: str, num: int) -> PieceLocation | None:
         """Where a verified piece lies, or None when it is not held (→ 404)."""
         ...
+
+
+class PieceGuard(Protocol):
+    def piece_refusal(self, task_id: str, grant: str | None) -> str | None:
+        """Why this request may not have pieces of ``task_id`` (→ 403), or None to serve."""
+        ...
+
+
+class GrantGuard:
+    """An engine's guard: pieces of a task ``is_private`` says is private go only to requests
+    with a grant ``verifier`` accepts (an engine that knows no supernode key yet refuses)."""
+
+    def __init__(self, is_private: Callable[[str], bool], verifier: GrantVerifier) -> None:
+        self.is_private = is_private
+        self.verifier = verifier
+
+    def piece_refusal(self, task_id: str, grant: str | None) -> str | None:
+        if not self.is_private(task_id):
+            return None
+        try:
+            self.verifier.check(grant, task_id)
+        except GrantError as e:
+            return str(e)
+        return None
 
 
 class SendfileResponse(web.StreamResponse):
@@ -84,8 +115,12 @@ class PieceServer:
         limiter: AsyncLimiter | None = None,
         on_served: Callable[[str, int, int], None] | None = None,
         max_piece_num: int = 1 << 20,
+        guard: PieceGuard | None = None,
+        token: str = "",
     ) -> None:
         self.provider = provider
+        self.guard = guard
+        self.token = token
         self.limiter = limiter
         self.on_served = on_served
         self.max_piece_num = max_piece_num
@@ -95,6 +130,11 @@ class PieceServer:
         return [web.get("/pieces/{task_id}/{num}", self.handle)]
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.token and not token_ok(self.token, request.headers.get(TOKEN_HEADER)):
+            return web.json_response(
+                {"error": "unauthorized", "message": f"{TOKEN_REFUSED} ({TOKEN_HINT})"},
+                status=401,
+            )
         try:
             task_id = validate_task_id(request.match_info["task_id"])
             num_text = request.match_info["num"]
@@ -109,6 +149,10 @@ class PieceServer:
             return web.json_response(
                 {"error": "not_found", "message": "piece not held here"}, status=404
             )
+        if self.guard is not None:
+            why = self.guard.piece_refusal(task_id, request.headers.get(GRANT_HEADER))
+            if why is not None:
+                return web.json_response({"error": "forbidden", "message": why}, status=403)
         self.active += 1
         try:
             resp = SendfileResponse(loc, self.limiter)

@@ -11,13 +11,14 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
 from damselfly import __version__
 from damselfly.core.clock import Clock, MonotonicClock
+from damselfly.core.cluster import TOKEN_HINT, TOKEN_REFUSED, request_token, token_ok
 from damselfly.core.errors import (
     BadRequest,
     DamselflyError,
@@ -41,7 +42,9 @@ from damselfly.core.protocol import (
 from damselfly.scheduler import Scheduler, SchedulerConfig
 from damselfly.store.pieceserver import PieceServer
 from damselfly.supernode import console
-from damselfly.supernode.cdn import CDN, CDNConfig
+from damselfly.supernode.access import AccessControl, GrantRequired
+from damselfly.supernode.cdn import CDN, CDNConfig, CDNTask
+from damselfly.supernode.cdn_policy import clean_headers
 from damselfly.supernode.config import SupernodeConfig
 from damselfly.supernode.metrics import SupernodeMetrics
 from damselfly.supernode.preheat import Preheater, PreheatRequest
@@ -49,6 +52,9 @@ from damselfly.supernode.preheat import Preheater, PreheatRequest
 log = logging.getLogger("damselfly.supernode")
 
 EXPIRE_INTERVAL = 1.0  # seconds between scheduler expiry sweeps (cheap: bounded by state size)
+GRANT_SWEEP_EVERY = 30  # expiry sweeps between sweeps of lapsed grant records
+#: an access check for a private task gets this long from the origin
+ACCESS_CHECK_TIMEOUT = 15.0
 DISK_GC_INTERVAL = 15.0  # v1's disk GC interval
 MAX_BODY = 256 * 1024
 # open requests (long polls, piece uploads) get this long to finish when the supernode stops
@@ -85,6 +91,8 @@ class DownloadLog:
 def _status_for(err: DamselflyError) -> int:
     if isinstance(err, BadRequest):
         return 400
+    if isinstance(err, GrantRequired):
+        return 409
     if isinstance(err, OriginNotFound):
         return 404
     if isinstance(err, OriginAuthError):
@@ -131,7 +139,12 @@ class Supernode:
         )
         self.preheater = Preheater(self.warm, self.clock)
         self.metrics = SupernodeMetrics(self)
-        self.piece_server = PieceServer(self.cdn, on_served=self._on_served)
+        self.access = AccessControl(config.home_dir, self._probe, self.clock, config.grant_ttl)
+        #: the cluster token ("" = none): read once, kept in memory only
+        self.token = config.security.token()
+        self.piece_server = PieceServer(
+            self.cdn, on_served=self._on_served, guard=self.access, token=self.token
+        )
         # Long-polling schedule calls per task, oldest first (a dict used as an ordered set).
         self._waiters: dict[str, dict[asyncio.Future[None], None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -195,6 +208,21 @@ class Supernode:
                 fut.set_result(None)
                 k -= 1
 
+    async def _probe(self, url: str, headers: Mapping[str, str]) -> int:
+        """An access check: ``GET url`` with the peer's own headers and ``Range: bytes=0-0``
+        (HEAD is avoided: presigned GET URLs refuse it); the origin's status."""
+        hdrs = clean_headers(headers)
+        hdrs["Range"] = "bytes=0-0"
+        async with asyncio.timeout(ACCESS_CHECK_TIMEOUT):
+            try:
+                async with self.cdn.client.request("GET", url, hdrs) as resp:
+                    return resp.head.status
+            except TimeoutError:
+                raise OriginError(
+                    f"the origin did not answer the access check of {redact_url(url)}",
+                    "try again later",
+                ) from None
+
     def _on_served(self, tid: str, num: int, size: int) -> None:
         self.metrics.piece_bytes_served.inc(size)
         self.metrics.pieces_served.inc()
@@ -206,6 +234,7 @@ class Supernode:
         """Fetch the task of ``url`` into the CDN and return its id once it is complete
         (with ``--cdn-pattern source``, once its length is known: nothing is stored)."""
         tid = task_id(url, filter_keys, "", identifier)
+        self.access.classify(tid, headers)
         loop = asyncio.get_running_loop()
         for _attempt in range(PREHEAT_ATTEMPTS):
             ct = await self.cdn.ensure(tid, url, headers)
@@ -289,11 +318,16 @@ class Supernode:
         task.add_done_callback(self._tasks.discard)
 
     async def _expire_loop(self) -> None:
+        sweeps = 0
         while True:
             await asyncio.sleep(EXPIRE_INTERVAL)
+            sweeps += 1
+            if sweeps % GRANT_SWEEP_EVERY == 0:
+                self.access.expire_grants()
             report = self.scheduler.expire()
             for tid in getattr(report, "idle_tasks", []):
                 self.scheduler.remove_task(tid)
+                self.access.forget_task(tid)
                 self._wake(tid)
                 log.info("task %s idle: dropped from memory (cache kept on disk)", tid[:12])
 
@@ -320,6 +354,7 @@ class Supernode:
 
     async def on_startup(self, app: web.Application) -> None:
         await self.cdn.start()
+        self.access.load(lambda tid: self.cdn.get(tid) is not None)
         await self.preheater.start()
         self.spawn(self._expire_loop(), "supernode-expire")
         self.spawn(self._disk_gc_loop(), "supernode-disk-gc")
@@ -344,10 +379,11 @@ class Supernode:
         req = RegisterRequest.from_json(loads_bounded(await request.read()))
         tid = task_id(req.url, req.filter, req.md5, req.identifier)
         try:
-            ct = await self.cdn.ensure(tid, req.url, req.headers)
+            ct = await self._admit_and_ensure(tid, req)
         except DamselflyError as e:
             self.metrics.registrations.labels(result=e.code).inc()
             raise
+        private = self.access.is_private(tid)
         if not self.scheduler.has_task(tid):
             self.scheduler.add_task(tid, ct.length, ct.piece_size, self.config.cdn_pattern)
             self._sync_from_cdn(tid)
@@ -368,8 +404,30 @@ class Supernode:
             piece_size=ct.piece_size,
             piece_count=ct.piece_count,
             cdn_pattern=self.config.cdn_pattern,
+            private=private,
+            grant=self.access.grant(tid, req.peer.id) if private else "",
+            supernode_key=self.access.signer.public_text,
         )
         return web.json_response(resp.to_json())
+
+    async def _admit_and_ensure(self, tid: str, req: RegisterRequest) -> CDNTask:
+        """The CDN's task for a registration, once the peer may have it: a private task only
+        for a peer whose own headers open the URL (supernode/access.py)."""
+        if not self.access.classify(tid, req.headers):
+            return await self.cdn.ensure(tid, req.url, req.headers)
+        if self.cdn.get(tid) is not None or not self.access.claim(tid):
+            await self.access.admit(tid, req.url, req.headers)  # cached, single-flighted
+            return await self.cdn.ensure(tid, req.url, req.headers)
+        # new to the CDN: its fetch starts now with this peer's headers and is its check
+        try:
+            ct = await self.cdn.ensure(tid, req.url, req.headers)
+        except OriginAuthError as e:
+            self.access.record(req.url, req.headers, False, e.status or 403)
+            raise self.access.refused() from None
+        finally:
+            self.access.unclaim(tid)
+        self.access.record(req.url, req.headers, True, 200)
+        return ct
 
     def _sync_from_cdn(self, tid: str) -> None:
         """A task new to the scheduler learns what the CDN already holds (e.g. a cache hit)."""
@@ -382,6 +440,9 @@ class Supernode:
     async def schedule(self, request: web.Request) -> web.Response:
         tid = validate_task_id(request.match_info["task_id"])
         req = ScheduleRequest.from_json(loads_bounded(await request.read()))
+        private = self.access.is_private(tid)
+        if private:
+            self.access.renew(tid, req.peer_id)  # GrantRequired (409) when it holds none
         loop = asyncio.get_running_loop()
         deadline = loop.time() + req.wait_ms / 1000
         results = req.results
@@ -418,6 +479,11 @@ class Supernode:
                     del self._waiters[tid]
         if resp.status == STATUS_DONE:
             self._download_done(tid, req.peer_id)
+        if private:
+            try:
+                resp.grant = self.access.renew(tid, req.peer_id)
+            except GrantRequired:
+                pass  # the task or the peer was dropped meanwhile: its next call says so
         return web.json_response(resp.to_json())
 
     async def leave_task(self, request: web.Request) -> web.Response:
@@ -425,6 +491,7 @@ class Supernode:
         body = loads_bounded(await request.read())
         pid = validate_peer_id(body.get("peer_id", ""))
         self.scheduler.leave_task(tid, pid)
+        self.access.drop_grant(tid, pid)
         self._downloads.pop((tid, pid), None)
         self._wake(tid)
         return web.json_response({"ok": True})
@@ -451,6 +518,7 @@ class Supernode:
     async def leave_peer(self, request: web.Request) -> web.Response:
         pid = validate_peer_id(request.match_info["peer_id"])
         self.scheduler.remove_peer(pid)
+        self.access.drop_peer(pid)
         for tid in list(self._waiters):
             self._wake(tid)
         return web.json_response({"ok": True})
@@ -471,6 +539,7 @@ class Supernode:
 
     def _task_json(self, view: dict[str, Any]) -> dict[str, Any]:
         out = dict(view)
+        out["private"] = self.access.is_private(out.get("task_id", ""))
         ct = self.cdn.get(out.get("task_id", ""))
         if ct is not None:
             out["cdn"] = {
@@ -512,8 +581,27 @@ async def error_middleware(
         )
 
 
+def token_middleware(token: str) -> Any:
+    """With a cluster token, every API request but ``/_ping`` must carry it (401 otherwise)."""
+
+    @web.middleware
+    async def check_token(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path != "/_ping" and not token_ok(token, request_token(request.headers)):
+            return web.json_response(
+                error_body("unauthorized", f"{TOKEN_REFUSED} ({TOKEN_HINT})"), status=401
+            )
+        return await handler(request)
+
+    return check_token
+
+
 def make_api_app(node: Supernode) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    middlewares = [error_middleware]
+    if node.token:
+        middlewares.insert(0, token_middleware(node.token))
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app.router.add_get("/_ping", node.ping)
     app.router.add_get("/version", node.version)
     app.router.add_get("/metrics", node.metrics_handler)
@@ -545,6 +633,7 @@ def make_piece_app(node: Supernode) -> web.Application:
 async def serve(config: SupernodeConfig) -> tuple[Supernode, list[web.AppRunner]]:
     """Start both ports; returns the runners (call ``cleanup()`` on them to stop)."""
     node = Supernode(config)
+    tls = config.security.server_ssl()
     runners = []
     for app, port in (
         (make_api_app(node), config.port),
@@ -554,7 +643,7 @@ async def serve(config: SupernodeConfig) -> tuple[Supernode, list[web.AppRunner]
             app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
         )
         await runner.setup()
-        site = web.TCPSite(runner, config.listen, port, reuse_address=True)
+        site = web.TCPSite(runner, config.listen, port, reuse_address=True, ssl_context=tls)
         await site.start()
         runners.append(runner)
     return node, runners

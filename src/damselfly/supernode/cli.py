@@ -48,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--full-gc-threshold", help="free disk below which any unused cached task goes (5G)"
     )
+    ap.add_argument(
+        "--grant-ttl", help="lifetime of a grant to a private task (default 10m, 1s..24h)"
+    )
+    ap.add_argument(
+        "--cluster-token-file",
+        help="file holding the cluster token: required of every API (but /_ping) and piece "
+        "request when set (default: none)",
+    )
+    ap.add_argument("--tls-cert", help="serve the API and the piece port over HTTPS: PEM cert")
+    ap.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
     add_log_flags(ap)
     ap.add_argument("--verbose", action="store_true", default=None, help="debug logging")
     return ap
@@ -84,6 +94,11 @@ def load_config(argv: list[str]) -> SupernodeConfig:
         cfg.full_gc_threshold = parse_size(args.full_gc_threshold, "--full-gc-threshold")
     if args.task_expire_time is not None:
         cfg.task_expire_time = parse_duration(args.task_expire_time, "--task-expire-time")
+    for name in ("cluster_token_file", "tls_cert", "tls_key"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    if args.grant_ttl is not None:
+        cfg.grant_ttl = parse_duration(args.grant_ttl, "--grant-ttl")
     if args.peer_gc_delay is not None:
         cfg.peer_gc_delay = parse_duration(args.peer_gc_delay, "--peer-gc-delay")
     logs = log_config(args, LogConfig(cfg.log_format, cfg.log_max_bytes, cfg.log_backups))

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from damselfly.core.cluster import ClusterSecurity
 from damselfly.core.errors import ConfigError
 from damselfly.core.logs import LOG_BACKUPS, LOG_MAX_BYTES, make_log_config
 from damselfly.core.units import parse_duration, parse_rate, parse_size
@@ -60,6 +61,14 @@ class SupernodeConfig:
     log_format: str = "text"  # text | json (core/logs.py)
     log_max_bytes: int = LOG_MAX_BYTES  # supernode.log rotates at this size (0: never)
     log_backups: int = LOG_BACKUPS
+    #: lifetime of a grant to a private task (renewed by schedule answers at half-life); hosts'
+    #: clocks may differ by up to half of it
+    grant_ttl: float = 600.0
+    # cluster security (core/cluster.py): file paths, never the secrets themselves
+    cluster_token_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    security: ClusterSecurity = field(default_factory=ClusterSecurity)  # set by validate()
 
     @property
     def cdn_rate(self) -> int | None:
@@ -92,6 +101,11 @@ class SupernodeConfig:
                 "--full-gc-threshold must not be larger than --young-gc-threshold",
                 f"got {self.full_gc_threshold} and {self.young_gc_threshold} bytes",
             )
+        if not 1 <= self.grant_ttl <= 86400:
+            raise ConfigError(f"invalid --grant-ttl {self.grant_ttl:g}s", "use 1s..24h")
+        self.security = ClusterSecurity.from_paths(
+            self.cluster_token_file, self.tls_cert, self.tls_key, None
+        )
         if not self.advertise_ip:
             self.advertise_ip = guess_advertise_ip()
         return self
@@ -116,6 +130,10 @@ _V1_KEYS: dict[str, tuple[str, Any]] = {
     "debug": ("verbose", bool),
     "youngGCThreshold": ("young_gc_threshold", lambda v: parse_size(v, "youngGCThreshold")),
     "fullGCThreshold": ("full_gc_threshold", lambda v: parse_size(v, "fullGCThreshold")),
+    "grantTTL": ("grant_ttl", lambda v: parse_duration(v, "grantTTL")),
+    "clusterTokenFile": ("cluster_token_file", str),
+    "tlsCert": ("tls_cert", str),
+    "tlsKey": ("tls_key", str),
 }
 # v1 keys accepted for compatibility but not used by Damselfly.
 _V1_IGNORED = {
