@@ -12,7 +12,10 @@ need to observe:
   (values hashed, so a test can check a header arrived without the origin keeping it in clear);
 - ``/_control`` (POST JSON): ``{"cut_after": N}`` drops the next GET's connection after N body
   bytes (a mid-transfer failure), ``{"status": 503, "times": 2}`` fails the next requests,
-  ``{"no_ranges": true}`` disables Range support, ``{"reset": true}`` zeroes the counters.
+  ``{"no_ranges": true}`` disables Range support, ``{"reset": true}`` zeroes the counters,
+  ``{"rate": N}`` paces every body to N bytes/s per connection (0: unpaced; a slow origin, so
+  that a test can act while a download runs), ``{"drop_active": true}`` cuts every body being
+  sent right now (e.g. after the file was replaced, so the next request sees the new version).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class Origin:
         self.cut_after: int | None = None
         self.fail: tuple[int, int] | None = None  # (status, times)
         self.no_ranges = False
+        self.rate = 0  # bytes/s per body; 0 = unpaced
+        self.drop_gen = 0  # bumped by "drop_active": bodies started before it are cut
         self.reset()
 
     def reset(self) -> None:
@@ -136,6 +141,7 @@ class Origin:
         self.gets += 1
         cut = self.cut_after
         self.cut_after = None
+        gen = self.drop_gen
         with path.open("rb") as f:
             f.seek(start)
             left = length
@@ -143,6 +149,10 @@ class Origin:
                 chunk = f.read(min(256 * 1024, left))
                 if not chunk:
                     break
+                if self.drop_gen != gen:
+                    assert request.transport is not None
+                    request.transport.abort()  # cut by "drop_active"
+                    return resp
                 if cut is not None and len(chunk) >= cut:
                     chunk = chunk[:cut]
                     await resp.write(chunk)
@@ -157,6 +167,8 @@ class Origin:
                 self.bytes_sent += len(chunk)
                 pp["bytes"] += len(chunk)
                 left -= len(chunk)
+                if self.rate > 0:
+                    await asyncio.sleep(len(chunk) / self.rate)
         await resp.write_eof()
         return resp
 
@@ -173,6 +185,10 @@ class Origin:
             self.fail = (int(body["status"]), int(body.get("times", 1)))
         if "no_ranges" in body:
             self.no_ranges = bool(body["no_ranges"])
+        if "rate" in body:
+            self.rate = max(0, int(body["rate"]))
+        if body.get("drop_active"):
+            self.drop_gen += 1
         return web.json_response({"ok": True})
 
 
