@@ -25,10 +25,7 @@ import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from typing import Any
 
 from damselfly.core.clock import Clock
 from damselfly.core.ids import PEER_ID_RE, TASK_ID_RE
@@ -45,6 +42,14 @@ MAX_KEYS = 32
 #: verified grants remembered, so that a piece request costs a dict lookup, not a signature check
 MAX_VERIFIED = 4096
 _FIXED = len(MAGIC) + KEY_ID_LEN + 32 + 8
+
+
+def _ed25519() -> Any:
+    """The Ed25519 module of ``cryptography``, imported on first use: it costs a process ~7 MB
+    of resident memory, which an engine that never serves a private task should not pay."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return ed25519
 
 
 class WallClock:
@@ -88,9 +93,10 @@ def decode_public_key(text: str) -> bytes:
         raise GrantError("malformed supernode key")
     try:
         raw = _b64d(text)
-        Ed25519PublicKey.from_public_bytes(raw)
     except (ValueError, binascii.Error) as e:
         raise GrantError("malformed supernode key") from e
+    if len(raw) != 32:  # an Ed25519 public key is 32 raw bytes
+        raise GrantError("malformed supernode key")
     return raw
 
 
@@ -100,7 +106,9 @@ class GrantSigner:
     def __init__(self, clock: Clock | None = None, ttl: float = DEFAULT_TTL) -> None:
         self.clock = clock or WallClock()
         self.ttl = ttl
-        self._key = Ed25519PrivateKey.generate()
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        self._key = _ed25519().Ed25519PrivateKey.generate()
         self.public = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self.key_id = key_id(self.public)
         self.verifier = GrantVerifier(self.clock)
@@ -164,7 +172,7 @@ class GrantVerifier:
     def __init__(self, clock: Clock | None = None, max_keys: int = MAX_KEYS) -> None:
         self.clock = clock or WallClock()
         self.max_keys = max_keys
-        self._keys: OrderedDict[bytes, Ed25519PublicKey] = OrderedDict()
+        self._keys: OrderedDict[bytes, bytes] = OrderedDict()  # key id → raw public key
         # token → grant, for tokens whose signature was checked (expiry is checked every time)
         self._verified: OrderedDict[str, Grant] = OrderedDict()
 
@@ -174,7 +182,7 @@ class GrantVerifier:
         if kid in self._keys:
             self._keys.move_to_end(kid)
             return
-        self._keys[kid] = Ed25519PublicKey.from_public_bytes(public)
+        self._keys[kid] = bytes(public)
         while len(self._keys) > self.max_keys:
             old, _ = self._keys.popitem(last=False)
             for tok in [t for t, g in self._verified.items() if g.key_id == old]:
@@ -191,12 +199,14 @@ class GrantVerifier:
         grant = self._verified.get(token)
         if grant is None:
             grant, payload, sig = parse(token)
-            key = self._keys.get(grant.key_id)
-            if key is None:
+            raw = self._keys.get(grant.key_id)
+            if raw is None:
                 raise GrantError("the grant is signed by a supernode this server does not know")
+            from cryptography.exceptions import InvalidSignature
+
             try:
-                key.verify(sig, payload)
-            except InvalidSignature as e:
+                _ed25519().Ed25519PublicKey.from_public_bytes(raw).verify(sig, payload)
+            except (InvalidSignature, ValueError) as e:
                 raise GrantError("the grant's signature is not valid") from e
             self._verified[token] = grant
             while len(self._verified) > MAX_VERIFIED:
