@@ -2,6 +2,7 @@
 
     python -m benchmarks.simulator                      # the v1 setup, 200..7,000 peers
     python -m benchmarks.simulator --peers 200,1000 --supernode-up 10G
+    python -m benchmarks.simulator --peers 1000 --piece-mib 1   # what if pieces were 1 MiB
     python -m benchmarks.simulator --docs               # also write docs/benchmarks.md
 
 The v1 setup (Dragonfly's README, 2016): a 200 MB file, clients with 200 Mbit/s links, the
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from benchmarks._report import write_section
 from benchmarks.simulator.swarm import Setup, Stats, simulate
+
+from damselfly.scheduler import SchedulerConfig
 
 REPO = Path(__file__).resolve().parents[2]
 _UNITS = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9}
@@ -50,7 +53,7 @@ def row(st: Stats) -> str:
     d = st.as_dict()
     return (
         f"| {st.setup.peers:,} | {st.makespan:.2f} | {d['mean_done']:.2f} | {st.t_min:.2f} "
-        f"| **{st.ratio:.3f}** | {st.t_piece:.2f} ({st.t_piece / st.t_min:.3f}) "
+        f"| **{st.ratio:.3f}** | {st.t_tree:.2f} ({st.t_tree / st.t_min:.3f}) "
         f"| {st.supernode_share:.2f} | {100 * st.peer_share:.1f}% "
         f"| {st.schedule_calls:,} / {st.shell_calls:,} | {st.scheduler_cpu:.1f} | {st.cpu:.1f} |"
     )
@@ -58,7 +61,7 @@ def row(st: Stats) -> str:
 
 HEADER = (
     "| peers | makespan (s) | mean done (s) | T_min (s) | makespan / T_min "
-    "| piece floor (s, / T_min) | supernode bytes / F | bytes from peers "
+    "| whole-piece floor (s, / T_min) | supernode bytes / F | bytes from peers "
     "| schedule calls: simulated / a real shell | scheduler CPU (s) | simulation CPU (s) |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|"
 )
@@ -75,10 +78,31 @@ def main(argv: list[str] | None = None) -> int:
         "--cdn-rate", type=rate, default=None, help="CDN fetch rate (default: cache hit)"
     )
     ap.add_argument("--rpc-delay", type=float, default=0.0, help="seconds per schedule call")
+    ap.add_argument(
+        "--piece-mib", type=float, default=0.0, help="piece size (default: v1's rule, 4 MiB)"
+    )
+    ap.add_argument(
+        "--supernode-limit",
+        type=int,
+        default=0,
+        help="the supernode's slots per task (default: SchedulerConfig's)",
+    )
+    ap.add_argument(
+        "--classic",
+        action="store_true",
+        help="the ramp-up rules off (no slow start, no fresh-peers-first), for comparison",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", metavar="FILE", help="write every run's figures to FILE")
     ap.add_argument("--docs", action="store_true", help="write the section of docs/benchmarks.md")
     args = ap.parse_args(argv)
+    if args.piece_mib < 0 or args.supernode_limit < 0:
+        ap.error("--piece-mib and --supernode-limit must not be negative")
+    sched: dict[str, object] = {}
+    if args.supernode_limit:
+        sched["supernode_limit"] = args.supernode_limit
+    if args.classic:
+        sched.update(source_slow_start=False, download_slow_start=False, fresh_first_window=0.0)
 
     runs: list[Stats] = []
     print(HEADER)
@@ -92,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             cdn_rate=args.cdn_rate or 0.0,
             rpc_delay=args.rpc_delay,
             seed=args.seed,
+            piece_size=round(args.piece_mib * 2**20),
+            scheduler=SchedulerConfig(**sched),  # type: ignore[arg-type]
         )
         st = simulate(setup)
         runs.append(st)
@@ -116,7 +142,10 @@ def _body(args: argparse.Namespace, table: str) -> str:
         f"{args.peer_down / 1e6:,.0f} Mbit/s down, supernode {args.supernode_up / 1e6:,.0f} "
         f"Mbit/s up, "
         + (f"CDN fetching at {args.cdn_rate / 1e6:,.0f} Mbit/s" if args.cdn_rate else "cache hit")
-        + f", RPC delay {args.rpc_delay * 1000:.0f} ms, seed {args.seed}",
+        + f", RPC delay {args.rpc_delay * 1000:.0f} ms, seed {args.seed}"
+        + (f", pieces of {args.piece_mib:g} MiB" if args.piece_mib else ", 4 MiB pieces")
+        + (f", supernode limit {args.supernode_limit}" if args.supernode_limit else "")
+        + (", ramp-up rules off" if args.classic else ""),
     )
 
 

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.simulator.bounds import t_min, t_piece
+from benchmarks.simulator.bounds import t_min, t_piece, t_tree
 from benchmarks.simulator.fluid import Network
 
 from damselfly.core.clock import FakeClock
@@ -63,7 +63,9 @@ class Setup:
 
     peers: int = 1000
     size: int = 200_000_000
-    piece_size: int = 0  # 0: Dragonfly v1's rule for the size (4 MiB up to 200 MiB)
+    #: 0: Dragonfly v1's rule for the size (core/pieces.py: 4 MiB up to 200 MiB); another size
+    #: is a what-if (the engine's down limit follows it, as in damselfly.peer.plan)
+    piece_size: int = 0
     peer_up: float = 200e6
     peer_down: float = 200e6
     supernode_up: float = 1e9
@@ -96,6 +98,7 @@ class Stats:
     makespan: float = 0.0
     t_min: float = 0.0
     t_piece: float = 0.0
+    t_tree: float = 0.0
     bytes_by_source: dict[str, int] = field(default_factory=dict)
     schedule_calls: int = 0  # calls made in the simulation
     shell_calls: int = 0  # calls the real shell would make (every waiter re-run on a wake)
@@ -136,6 +139,7 @@ class Stats:
             "makespan": self.makespan,
             "t_min": self.t_min,
             "t_piece": self.t_piece,
+            "t_tree": self.t_tree,
             "ratio": self.ratio,
             "mean_done": sum(self.done_at) / len(self.done_at) if self.done_at else 0.0,
             "supernode_files": self.supernode_share,
@@ -262,6 +266,7 @@ class Simulation:
         st.makespan = self.clock.t if not st.stalled else float("inf")
         st.t_min = t_min(s.size, s.peers, s.supernode_up, s.peer_up, s.peer_down)
         st.t_piece = t_piece(s.size, s.piece_size, s.peers, s.supernode_up, s.peer_up, s.peer_down)
+        st.t_tree = t_tree(s.size, s.piece_size, s.peers, s.supernode_up, s.peer_up, s.peer_down)
         st.bytes_by_source = dict(self.sched.stats()["bytes_by_source"])
         st.cpu = time.process_time() - cpu0
         return st

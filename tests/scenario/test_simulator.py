@@ -4,9 +4,9 @@ end, its figures are sane against the floor, and a seed makes a run repeatable."
 from __future__ import annotations
 
 import pytest
-from benchmarks.simulator.bounds import t_min, t_piece
+from benchmarks.simulator.bounds import t_min, t_piece, t_tree
 from benchmarks.simulator.fluid import Network
-from benchmarks.simulator.swarm import Setup, simulate
+from benchmarks.simulator.swarm import Setup, Simulation, simulate
 
 from damselfly.scheduler import SchedulerConfig
 
@@ -56,6 +56,33 @@ def test_floors() -> None:
     assert t_min(200 * MB, 10, 100e6, 200e6, 200e6) == pytest.approx(16.0)  # the supernode binds
     floors = [t_piece(200 * MB, 4 << 20, n, 1e9, 200e6, 200e6) for n in (10, 100, 1000, 10000)]
     assert floors == sorted(floors) and floors[0] >= 8.0  # whole pieces cost more as N grows
+    trees = [t_tree(200 * MB, 4 << 20, n, 1e9, 200e6, 200e6) for n in (10, 100, 1000, 10000)]
+    assert trees == sorted(trees)
+    # the tree floor is the tighter one for the v1 setup, and smaller pieces lower it
+    assert all(t >= f for t, f in zip(trees, floors, strict=True))
+    assert t_tree(200 * MB, 1 << 20, 7000, 1e9, 200e6, 200e6) < t_tree(
+        200 * MB, 4 << 20, 7000, 1e9, 200e6, 200e6
+    )
+
+
+@pytest.mark.parametrize(
+    ("peers", "pieces", "expected"),
+    [
+        # Worked by hand, every link 8 bit/s, pieces of 1 byte (one piece time = 1 s): the
+        # supernode sends piece 0 to A in [0, 1]; in [1, 2] it sends piece 1 to B while A
+        # sends piece 0 to C; in [2, 3] every peer gets the piece it lacks. No schedule of
+        # whole pieces is faster: 3 s, where the fluid floor T_min says 2 s.
+        (3, 2, 3.0),
+        (1, 4, 4.0),  # one peer: its own downlink, F/d
+        # 7 peers, 1 piece: the holders at most double each second (1, 3, 7): 3 s is both
+        # the floor and a schedule (supernode → A; supernode → B, A → C; then four more)
+        (7, 1, 3.0),
+    ],
+)
+def test_tree_floor_on_hand_worked_cases(peers: int, pieces: int, expected: float) -> None:
+    got = t_tree(pieces, 1, peers, 8, 8, 8)
+    assert got == pytest.approx(expected, abs=0.01)
+    assert got >= t_min(pieces, peers, 8, 8, 8)
 
 
 @pytest.mark.parametrize("peers", [1, 5, 40])
@@ -65,6 +92,7 @@ def test_every_peer_completes_near_the_floor(peers: int) -> None:
     assert len(st.done_at) == peers
     assert max(st.done_at) == pytest.approx(st.makespan)
     assert st.t_min <= st.t_piece <= st.makespan < 2.0 * st.t_min
+    assert st.t_tree <= st.makespan  # a floor: no run beats it
     total = sum(st.bytes_by_source.values())
     assert total == peers * 40 * MB  # every byte of every peer, counted once
     assert st.bytes_by_source["supernode"] >= 40 * MB  # the supernode sent every piece
@@ -108,3 +136,24 @@ def test_the_real_scheduler_stays_consistent() -> None:
     assert not st.stalled
     sim.sched.audit()  # every derived counter recomputed from scratch
     assert all(e.done for e in sim.engines.values())
+
+
+CLASSIC = SchedulerConfig(source_slow_start=False, download_slow_start=False, fresh_first_window=0)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_rampup_rules_shorten_a_crowds_distribution(seed: int) -> None:
+    # 150 peers arriving together: with slow start and fresh peers first the holders double
+    # every piece time instead of growing by waves, so everyone holds a piece sooner and
+    # the last peer finishes sooner (simulated seconds, not wall-clock).
+    def run(config: SchedulerConfig) -> tuple[float, float]:
+        sim = Simulation(Setup(peers=150, size=40 * MB, seed=seed, scheduler=config), 0.05)
+        st = sim.run()
+        assert not st.stalled and st.t_tree <= st.makespan
+        sim.sched.audit()
+        everyone_holds = next(t for t, holders, *_ in st.trace if holders == 150)
+        return everyone_holds, st.makespan
+
+    (ramp_new, end_new), (ramp_old, end_old) = run(SchedulerConfig()), run(CLASSIC)
+    assert ramp_new < ramp_old
+    assert end_new < end_old

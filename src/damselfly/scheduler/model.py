@@ -141,6 +141,7 @@ class Task:
 
     __slots__ = (
         "avail",
+        "by_load",
         "bytes_by_kind",
         "cdn_pattern",
         "cdn_ready",
@@ -153,10 +154,12 @@ class Task:
         "holders",
         "id",
         "last_active",
+        "load_of",
         "peers",
         "pending",
         "plan",
         "ready_count",
+        "starving",
         "state",
     )
 
@@ -193,6 +196,15 @@ class Task:
         # holding a piece, an upload slot free). When it is smaller than a piece's holder list,
         # sources are looked for here; when it is empty, no peer is even looked at.
         self.free: HolderList[Peer] = HolderList()
+        # The same peers by their upload count (``len(Peer.serving)``): ``by_load[k]`` holds the
+        # free peers with k uploads, ``load_of`` where each one sits. Least-loaded sources are
+        # found in O(up_limit) (Scheduler._least_loaded).
+        self.by_load: list[HolderList[Peer]] = []
+        self.load_of: dict[Peer, int] = {}
+        # Fresh peers (holding nothing, nothing in flight, able to fetch from peers) told
+        # "every source is busy", by peer id, with the time of that answer; oldest first (a
+        # refreshed entry moves to the end). See SchedulerConfig.fresh_first_window.
+        self.starving: dict[str, float] = {}
         self.avail = Availability(n, rng)
         if self.from_origin:
             for p in range(n):

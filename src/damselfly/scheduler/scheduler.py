@@ -1,4 +1,5 @@
-"""The supernode's brain: state plus an event in, decisions out (Dragonfly v1's algorithm).
+"""The supernode's brain: state plus an event in, decisions out (Dragonfly v1's algorithm,
+plus the ramp-up rules below).
 
 Pure: no awaits, no sockets, no files, no wall clock — time comes from an injected Clock and
 chance from a seeded ``random.Random``. The supernode's HTTP shell calls these methods one at a
@@ -6,15 +7,22 @@ time and turns ``BadRequest`` into a 4xx.
 
 A schedule call applies the peer's reports, then picks up to ``min(want, down_limit -
 in_flight)`` pieces in the piece policy's order (rarest first), each from a holder peer with a
-free upload slot chosen by the source policy (least loaded) among a bounded random sample, or
-else from the supernode (from the origin with cdn_pattern "source") within its per-task limit.
+free upload slot — drawn from the least-loaded peers first, then the least loaded of a bounded
+random sample of the piece's holders — or else from the supernode (from the origin with
+cdn_pattern "source") within its per-task limit.
+
+Ramp-up rules (``SchedulerConfig``; measured in benchmarks/simulator): a peer serves at most as
+many pieces at once as it holds and fetches at most as many as it holds (one when it holds
+none), and while peers holding nothing are asking for a source, peers that hold pieces get
+only the slots beyond theirs. A piece is served only once whole, so at the start the number of
+holders limits the swarm; these rules make it double every piece time.
 
 Cost: nothing in a call grows with the number of peers. Piece order comes from
-``Availability`` (O(1) per change), sources from a sample of at most ``SOURCE_SAMPLE`` holders
-or, when few peers have a free slot, from ``Task.free``; a walk gives up after
-``MAX_FRUITLESS`` pieces without a source, and then tries a sample of peers with a free slot
-for any piece they hold (``_pick_by_source``, at most ``MAX_SCAN`` pieces each). Timeouts sit
-in a heap; views and ``audit`` are the only O(everything) calls.
+``Availability`` (O(1) per change), sources from ``Task.by_load`` (free peers bucketed by
+upload count) and samples of at most ``SOURCE_SAMPLE`` holders; a walk gives up after
+``MAX_FRUITLESS`` pieces without a source, and then tries the least-loaded peers for any piece
+they hold (``_pick_by_source``, at most ``MAX_SCAN`` pieces each). Timeouts sit in a heap;
+views and ``audit`` are the only O(everything) calls.
 """
 
 from __future__ import annotations
@@ -300,16 +308,46 @@ class Scheduler:
             )
         if tp.state == PEER_DONE:
             return ScheduleResponse(STATUS_DONE, file_sha256=task.file_sha256)
-        room = min(want, self.config.down_limit - len(tp.inflight))
+        cfg = self.config
+        room = min(want, cfg.down_limit - len(tp.inflight))
+        fresh = tp.held == 0 and tp.is_source
+        if cfg.download_slow_start and tp.is_source:
+            # no more pieces at once than it holds, one when it holds none (see the config)
+            room = min(room, max(1, tp.held) - len(tp.inflight))
         if room <= 0:
             return ScheduleResponse(
                 STATUS_WAIT, retry_ms=RETRY_BUSY_MS, message="report a piece to get more"
             )
+        if not fresh:
+            # Fresh peers first (SchedulerConfig.fresh_first_window): leave them the free
+            # slots (peers' and the fallback's) they are asking for; only the slots beyond
+            # those are handed out here.
+            starving = self._starving(task, now)
+            if starving:
+                limit = cfg.origin_limit if task.from_origin else cfg.supernode_limit
+                spare = (
+                    len(task.free.items)
+                    - (tp.peer in task.free.index)  # (it cannot serve itself)
+                    + max(0, limit - task.fallback_inflight)
+                    - starving
+                )
+                if spare <= 0:
+                    if not tp.inflight and tp.idle_since is None:
+                        tp.idle_since = now
+                    return ScheduleResponse(
+                        STATUS_WAIT, retry_ms=RETRY_BUSY_MS, message="every source is busy"
+                    )
+                room = min(room, spare)
         picks, saw_candidate = self._pick(task, tp, room, now)
         if picks:
             tp.idle_since = None
         elif not tp.inflight and tp.idle_since is None:
             tp.idle_since = now
+        if picks or not fresh:
+            task.starving.pop(tp.id, None)
+        elif saw_candidate and not tp.inflight and tp.failures <= cfg.client_fail_limit:
+            task.starving.pop(tp.id, None)  # re-inserted last: the entries stay in time order
+            task.starving[tp.id] = now
         if not picks:
             if saw_candidate:
                 return ScheduleResponse(
@@ -332,16 +370,48 @@ class Scheduler:
         limit = self.config.origin_limit if task.from_origin else self.config.supernode_limit
         return bool(task.free.items) or task.fallback_inflight < limit
 
+    def _starving(self, task: Task, now: float) -> int:
+        """How many fresh peers asked for a source in the last fresh_first_window seconds
+        (older entries are dropped here, from the front: O(1) amortized)."""
+        window, starving = self.config.fresh_first_window, task.starving
+        if not starving or window <= 0:
+            return 0
+        cutoff = now - window
+        while starving:
+            pid = next(iter(starving))
+            if starving[pid] > cutoff:
+                break
+            del starving[pid]
+        return len(starving)
+
+    def _cap(self, task: Task, p: Peer) -> int:
+        """Uploads peer ``p`` may carry at once as a source of ``task``: up_limit, or with
+        SchedulerConfig.source_slow_start no more than the pieces it holds of the task."""
+        up = self.config.up_limit
+        if not self.config.source_slow_start:
+            return up
+        tp = task.peers.get(p.id)
+        return min(up, tp.held) if tp is not None else 0
+
     def _pick(
         self, task: Task, tp: TaskPeer, room: int, now: float
     ) -> tuple[list[tuple[int, Peer | None]], bool]:
         """Up to ``room`` (piece, source) pairs, source None meaning the fallback, and whether
         any piece was a candidate at all. Nothing is mutated here (the policy walks live
-        structures); ``extra`` counts the uploads this call has handed out so far."""
+        structures); ``extra`` counts the uploads this call has handed out so far.
+
+        Three passes, each bounded. (1) The pieces in the policy's order (rarest first),
+        each from the least loaded of ``few``: up to SOURCE_SAMPLE peers with a free slot
+        drawn from the least-loaded first (``Task.by_load``), or else from the fallback. Taking
+        sources by load keeps every uplink equally busy: rarest first alone piles requests
+        on the holders of the rare pieces while holders of common ones idle, and in the
+        scale simulator a quarter of the uplinks sat at 0–2 uploads while half were full.
+        (2) Pieces whose holders are all outside ``few`` (only when more peers are free):
+        from a sample of their holders, as before. (3) ``_pick_by_source``."""
         cfg, rng = self.config, self._rng
         limit = cfg.origin_limit if task.from_origin else cfg.supernode_limit
         fallback_free = limit - task.fallback_inflight
-        me, up_limit = tp.peer, cfg.up_limit
+        me, cap = tp.peer, self._cap
         stale = now - cfg.peer_gc_delay
         blacklist = me.blacklist
         free = task.free.items
@@ -358,24 +428,24 @@ class Scheduler:
                 and now - tp.idle_since >= cfg.fallback_reuse_delay
             )
         )
-        few: list[Peer] | None = None
-        if use_peers and len(free) <= SOURCE_SAMPLE:
-            # Few peers have a free slot (a busy swarm): vet them once for this call, then
-            # only ask whether each holds the piece, instead of sampling every piece's holders.
+        few: list[Peer] = []
+        if use_peers:
+            # Vet the least-loaded free peers once for this call; then each piece only asks
+            # whether one of them holds it.
             few = [
                 p
-                for p in task.free.sample(SOURCE_SAMPLE, rng)
+                for p in self._least_loaded(task, SOURCE_SAMPLE)
                 if p is not me
                 and p.last_seen > stale
                 and not (blacklist and blacklist.get(p.id, 0.0) > now)
             ]
-            use_peers = bool(few)
-        if not use_peers and fallback_free <= 0:
+        if not few and fallback_free <= 0:
             # Nobody can serve anything now: O(1), apart from telling "busy" from "not yet".
             return [], next(self._piece_policy.candidates(task, tp, rng), None) is not None
 
         picks: list[tuple[int, Peer | None]] = []
         extra: dict[Peer, int] = {}
+        later: list[int] = []  # pieces with holders, none of them in ``few``
         saw_candidate = False
         fruitless = skipped = 0
         # Fallback pieces this downloader may still take while the fallback seeds: its even
@@ -391,29 +461,13 @@ class Scheduler:
         from_level = 1 if fallback_free > 0 else 2
         for num in self._piece_policy.candidates(task, tp, rng, from_level):
             saw_candidate = True
-            src: Peer | None = None
             holders = task.holders[num]
-            if use_peers and holders.items:
-                if few is not None:
-                    index = holders.index
-                    eligible = [
-                        p for p in few if p in index and len(p.serving) + extra.get(p, 0) < up_limit
-                    ]
-                else:
-                    if len(free) < len(holders.items):
-                        # Most holders are busy: look among the free peers for holders.
-                        index = holders.index
-                        pool = [p for p in task.free.sample(SOURCE_SAMPLE, rng) if p in index]
-                    else:
-                        pool = holders.sample(SOURCE_SAMPLE, rng)
-                    eligible = [
-                        p
-                        for p in pool
-                        if p is not me
-                        and len(p.serving) + extra.get(p, 0) < up_limit
-                        and p.last_seen > stale
-                        and not (blacklist and blacklist.get(p.id, 0.0) > now)
-                    ]
+            src: Peer | None = None
+            if few and holders.items:
+                index = holders.index
+                eligible = [
+                    p for p in few if p in index and len(p.serving) + extra.get(p, 0) < cap(task, p)
+                ]
                 if len(eligible) == 1:
                     src = eligible[0]
                 elif eligible:
@@ -439,18 +493,65 @@ class Scheduler:
             else:
                 # Only a piece with holders cost a source lookup; one without is skipped in
                 # O(1), under a looser bound.
-                fruitless += 1 if holders.items else 0
+                if holders.items:
+                    fruitless += 1
+                    if use_peers and len(free) > len(few):
+                        later.append(num)
                 skipped += 1
                 if fruitless >= MAX_FRUITLESS or skipped >= MAX_SKIPPED:
                     break
                 continue
             if len(picks) >= room:
-                break
+                return picks, True
         if not saw_candidate and from_level > 1:
             saw_candidate = next(self._piece_policy.candidates(task, tp, rng), None) is not None
-        if saw_candidate and len(picks) < room and use_peers and fruitless >= MAX_FRUITLESS:
+        if saw_candidate and few and (later or fruitless >= MAX_FRUITLESS):
             self._pick_by_source(task, tp, room, now, picks, extra)
+        if later and len(picks) < room:
+            taken = {num for num, _ in picks}
+            for num in later:
+                src = None if num in taken else self._holder_for(task, tp, num, now, extra)
+                if src is not None:
+                    picks.append((num, src))
+                    extra[src] = extra.get(src, 0) + 1
+                    if len(picks) >= room:
+                        break
         return picks, saw_candidate
+
+    def _holder_for(
+        self, task: Task, tp: TaskPeer, num: int, now: float, extra: dict[Peer, int]
+    ) -> Peer | None:
+        """The least loaded eligible holder of ``num`` in a bounded random sample (looking
+        among the free peers instead when fewer peers are free than hold the piece)."""
+        cfg, rng, me = self.config, self._rng, tp.peer
+        stale, blacklist = now - cfg.peer_gc_delay, me.blacklist
+        holders = task.holders[num]
+        if len(task.free.items) < len(holders.items):
+            index = holders.index
+            pool = [p for p in task.free.sample(SOURCE_SAMPLE, rng) if p in index]
+        else:
+            pool = holders.sample(SOURCE_SAMPLE, rng)
+        eligible = [
+            p
+            for p in pool
+            if p is not me
+            and len(p.serving) + extra.get(p, 0) < self._cap(task, p)
+            and p.last_seen > stale
+            and not (blacklist and blacklist.get(p.id, 0.0) > now)
+        ]
+        if len(eligible) <= 1:
+            return eligible[0] if eligible else None
+        return self._source_policy.choose(eligible, lambda p: len(p.serving) + extra.get(p, 0), rng)
+
+    def _least_loaded(self, task: Task, k: int) -> list[Peer]:
+        """Up to ``k`` free peers, the least loaded first (random among equals)."""
+        out: list[Peer] = []
+        for bucket in task.by_load:
+            if bucket.items:
+                out += bucket.sample(k - len(out), self._rng)
+                if len(out) >= k:
+                    break
+        return out
 
     def _pick_by_source(
         self,
@@ -472,12 +573,12 @@ class Scheduler:
         have, inflight = tp.have, tp.inflight
         taken = {num for num, _ in picks}
         n = len(have)
-        for p in task.free.sample(SOURCE_SAMPLE, rng):
+        for p in self._least_loaded(task, SOURCE_SAMPLE):
             if (
                 p is me
                 or p.last_seen <= stale
                 or (blacklist and blacklist.get(p.id, 0.0) > now)
-                or len(p.serving) + extra.get(p, 0) >= cfg.up_limit
+                or len(p.serving) + extra.get(p, 0) >= self._cap(task, p)
             ):
                 continue
             theirs = task.peers[p.id].have
@@ -511,8 +612,7 @@ class Scheduler:
         if src is not None:
             kind, source = KIND_PEER, src.source
             src.serving.add((task.id, tp.id, num))
-            if len(src.serving) == self.config.up_limit:
-                self._update_free(src)
+            self._update_free(src)
         else:
             kind = KIND_ORIGIN if task.from_origin else KIND_SUPERNODE
             source = ORIGIN_SOURCE if task.from_origin else self._supernode
@@ -586,7 +686,8 @@ class Scheduler:
         tp.late.pop(num, None)
         if tp.is_source and task.holders[num].add(tp.peer):
             task.relevel(num)
-        if tp.held == 1:
+        task.starving.pop(tp.id, None)
+        if tp.held <= self.config.up_limit:  # its cap grows with what it holds (slow start)
             self._update_free(tp.peer)
         if tp.held == len(tp.have):
             tp.state = step(PEER_TASK, f"peer {tp.id}", tp.state, "all_held")
@@ -636,21 +737,37 @@ class Scheduler:
         src = a.source
         if src is not None:
             src.serving.discard((task.id, tp.id, a.num))
-            if len(src.serving) == self.config.up_limit - 1:
-                self._update_free(src)
+            self._update_free(src)
         else:
             task.fallback_inflight -= 1
 
     def _update_free(self, peer: Peer) -> None:
         """Keep ``Task.free`` in step after the peer's slots, holdings or standing changed."""
-        free = len(peer.serving) < self.config.up_limit and not peer.isolated
+        serving = len(peer.serving)
         for tid in peer.tasks:
             task = self._tasks[tid]
             tp = task.peers[peer.id]
-            if free and tp.held and tp.pattern == "p2p":
+            free = (
+                not peer.isolated
+                and tp.held
+                and tp.pattern == "p2p"
+                and serving < self._cap(task, peer)
+            )
+            old = task.load_of.get(peer)
+            if free:
                 task.free.add(peer)
+                if old != serving:
+                    if old is not None:
+                        task.by_load[old].discard(peer)
+                    while len(task.by_load) <= serving:
+                        task.by_load.append(HolderList())
+                    task.by_load[serving].add(peer)
+                    task.load_of[peer] = serving
             else:
                 task.free.discard(peer)
+                if old is not None:
+                    task.by_load[old].discard(peer)
+                    del task.load_of[peer]
 
     def _release_all(self, task: Task, tp: TaskPeer) -> None:
         """Release ``tp``'s downloads and the uploads it was assigned on this task."""
@@ -668,6 +785,10 @@ class Scheduler:
         del task.peers[tp.id]
         tp.peer.tasks.discard(task.id)
         task.free.discard(tp.peer)
+        old = task.load_of.pop(tp.peer, None)
+        if old is not None:
+            task.by_load[old].discard(tp.peer)
+        task.starving.pop(tp.id, None)
 
     def _drop_peer(self, peer_id: str) -> None:
         p = self._peers.pop(peer_id)

@@ -2,6 +2,11 @@
 
 Pieces are described by one-line strings, libtorrent style: ``cdn="1101"`` says which pieces the
 CDN holds; ``holders("3102")`` adds peers h0, h1, h2 so that piece i has that many holders.
+
+The ramp-up rules (``SchedulerConfig.source_slow_start``, ``download_slow_start``,
+``fresh_first_window``) are off unless a test turns them on: each table here tests one rule,
+and those rules change how many pieces a peer holding few gets or serves. Their own tests
+(``test_sched_rampup.py``) and the state machine (``test_sched_invariants.py``) turn them on.
 """
 
 from __future__ import annotations
@@ -15,6 +20,12 @@ from damselfly.scheduler import Scheduler, SchedulerConfig
 
 TASK = "ab" * 32
 PIECE = 1024
+#: the ramp-up rules off (see the module docstring)
+CLASSIC: dict[str, object] = {
+    "source_slow_start": False,
+    "download_slow_start": False,
+    "fresh_first_window": 0.0,
+}
 SUPERNODE = PieceSource(id="supernode", kind="supernode", ip="10.0.0.1", port=8001)
 
 
@@ -37,6 +48,7 @@ class Swarm:
         **config: object,
     ) -> None:
         self.clock = FakeClock()
+        config = {**CLASSIC, **config}
         self.s = Scheduler(SchedulerConfig(**config), self.clock, random.Random(seed), SUPERNODE)  # type: ignore[arg-type]
         n = len(cdn) if pieces is None else pieces
         self.s.add_task(TASK, n * PIECE - 100 if n else 0, PIECE, cdn_pattern)

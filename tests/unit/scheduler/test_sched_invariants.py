@@ -2,7 +2,9 @@
 
 After every step ``Scheduler.audit`` recomputes all derived state from scratch (holder counts,
 pending counts, availability order, upload slots ≤ up_limit, in flight ≤ down_limit, the
-supernode's per-task limit, nothing in flight that the peer holds). Each answer is also checked
+supernode's per-task limit, nothing in flight that the peer holds, and with the ramp-up rules
+on: uploads per task ≤ pieces held, downloads ≤ max(1, pieces held), the least-loaded buckets
+and the fresh peers waiting in time order). Each answer is also checked
 here: no piece the peer holds or is already fetching, never itself as a source.
 """
 
@@ -31,6 +33,8 @@ LIMITS = {
     "blacklist_time": 15.0,
     "task_expire": 60.0,
 }
+#: the scheduler's own defaults for the ramp-up rules (the Swarm helper turns them off)
+RAMPUP = {"source_slow_start": True, "download_slow_start": True, "fresh_first_window": 5.0}
 OUTCOMES = st.lists(st.sampled_from(["ok", "ok", "fail", "fail", "junk", "keep"]), max_size=4)
 NAME = st.sampled_from(PEERS)
 # Each step is one event, drawn with these weights: mostly schedule calls, some churn.
@@ -72,14 +76,18 @@ class SchedulerMachine(RuleBasedStateMachine):
         origin=st.booleans(),
         policy=st.sampled_from(["rarest", "rarest", "sequential", "random"]),
         seed=st.integers(0, 2**16),
+        rampup=st.sampled_from([True, True, False]),
     )
-    def setup(self, cdn: str, origin: bool, policy: str, seed: int) -> None:
+    def setup(self, cdn: str, origin: bool, policy: str, seed: int, rampup: bool = True) -> None:
+        # rampup: the scheduler's defaults (slow start both ways, fresh peers first), which
+        # the audit checks too; otherwise the classic rules of tests/unit/scheduler/swarm.py
+        limits = {**LIMITS, **(RAMPUP if rampup else {})}
         if origin:
             self.sw = Swarm(
-                "", pieces=len(cdn), cdn_pattern="source", piece_policy=policy, seed=seed, **LIMITS
+                "", pieces=len(cdn), cdn_pattern="source", piece_policy=policy, seed=seed, **limits
             )  # type: ignore[arg-type]
         else:
-            self.sw = Swarm(cdn, piece_policy=policy, seed=seed, **LIMITS)  # type: ignore[arg-type]
+            self.sw = Swarm(cdn, piece_policy=policy, seed=seed, **limits)  # type: ignore[arg-type]
         self.assigned: dict[str, list[tuple[int, str]]] = {}
         self.n = len(cdn)
         for name in PEERS[:4]:
@@ -215,15 +223,18 @@ def _random_args(rng: random.Random, action: str, peers: list[str], n: int) -> d
     seed=st.integers(0, 2**32 - 1),
     origin=st.booleans(),
     policy=st.sampled_from(["rarest", "sequential", "random"]),
+    rampup=st.booleans(),
 )
-def test_long_random_runs_keep_every_invariant(seed: int, origin: bool, policy: str) -> None:
+def test_long_random_runs_keep_every_invariant(
+    seed: int, origin: bool, policy: str, rampup: bool
+) -> None:
     """The state machine above shrinks well but its runs are short; these are long ones
     (hundreds of events, the same weights) from a seed that hypothesis draws and reports."""
     rng = random.Random(seed)
     n = 24
     peers = [f"p{i}" for i in range(12)]
     machine = SchedulerMachine()
-    machine.setup("".join(rng.choice("01") for _ in range(n)), origin, policy, seed)
+    machine.setup("".join(rng.choice("01") for _ in range(n)), origin, policy, seed, rampup)
     for name in peers:
         machine.join(name, "p2p", [])
     actions = [a for a, (w, _) in ACTIONS.items() for _ in range(w)]
