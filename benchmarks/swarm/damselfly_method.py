@@ -1,8 +1,9 @@
-"""The Damselfly method: a supernode (cold CDN) on the supernode host, and on every peer host at
-once ``dfget --url … --node <supernode>:8002 --home H --port 15000 --alivetime 60s``; each dfget
-starts its host's engine in that host's namespace. The engines outlive dfget by design (they
-keep serving pieces), so afterwards each is stopped by the pid its control socket's ``/status``
-reports (whatever is left is swept with the namespace).
+"""The Damselfly method: a supernode (cold CDN) on the supernode host, one engine per peer host
+(``dfget server``, started before the clock as on a fleet, where each host's engine or dfdaemon
+runs all the time), then on every peer host at once ``dfget --url … --node <supernode>:8002
+--home H``, which hands its download to that engine. The clock covers dfget's whole process
+(its Python start-up included); the engines' CPU is counted from the clock's start. Engines are
+stopped by their pid (whatever is left is swept with the namespace).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.swarm.methods import FILE_NAME, Bench, measure
-from benchmarks.swarm.procs import Proc, proc_cpu_s, stop_pids
+from benchmarks.swarm.procs import Proc, proc_cpu_s
 from benchmarks.swarm.topology import TopologyError
 
 SN_PORT = 8002
@@ -97,15 +98,46 @@ def start_supernode(b: Bench) -> Proc:
         time.sleep(0.1)
 
 
+def start_engines(b: Bench, homes: dict[str, Path], alivetime: str) -> list[Proc]:
+    """``dfget server`` on every peer host; returns once each engine answers on its socket."""
+    engines = [
+        b.procs.start(
+            f"engine-{h.name}",
+            b.topo.py_argv(
+                h.name,
+                "damselfly.dfget.cli",
+                "server",
+                "--home",
+                str(homes[h.name]),
+                "--port",
+                str(ENGINE_PORT),
+                "--alivetime",
+                alivetime,
+            ),
+            env=b.topo.env(),
+        )
+        for h in b.topo.peers
+    ]
+    deadline = time.monotonic() + 60
+    for (name, home), proc in zip(homes.items(), engines, strict=True):
+        while not engine_status(home).get("pid"):
+            if proc.popen.poll() is not None or time.monotonic() > deadline:
+                raise TopologyError(f"the engine on {name} did not start: {proc.output()[-800:]}")
+            time.sleep(0.1)
+    return engines
+
+
 def run_damselfly(b: Bench, *, alivetime: str = "60s") -> dict[str, Any]:
-    """A supernode (cold CDN) on the supernode host; dfget on every peer host at once, each
-    starting its own engine there. Engines are stopped by the pid their /status reports."""
+    """A supernode (cold CDN) on the supernode host and an engine on every peer host, started
+    before the clock; then dfget on every peer host at once."""
     sn = b.topo.hosts["supernode"]
     supernode = start_supernode(b)
     dirs = {h.name: b.peer_dir("damselfly", h.name) for h in b.topo.peers}
     outputs = {p: d / FILE_NAME for p, d in dirs.items()}
     homes = {p: d / "h" for p, d in dirs.items()}  # short: engine.sock must fit a unix path
     success: dict[str, str] = {}  # peer → the cost its "download SUCCESS cost:…" line reports
+    engines = start_engines(b, homes, alivetime)
+    engine_cpu0 = sum(proc_cpu_s(e.pid) for e in engines)
 
     def start() -> dict[str, Proc]:
         return {
@@ -139,18 +171,13 @@ def run_damselfly(b: Bench, *, alivetime: str = "60s") -> dict[str, Any]:
         }
 
     def stop() -> None:
-        pids = [
-            int(s["pid"])
-            for s in (engine_status(h) for h in homes.values())
-            if isinstance(s.get("pid"), int)
-        ]
-        stop_pids(pids)
+        for e in engines:
+            b.procs.stop(e)
         b.procs.stop(supernode)
 
     def infra_cpu() -> float:
-        pids = [s.get("pid") for s in (engine_status(h) for h in homes.values())]
-        engines = sum(proc_cpu_s(p) for p in pids if isinstance(p, int))
-        return engines + proc_cpu_s(supernode.pid)
+        used = sum(proc_cpu_s(e.pid) for e in engines) - engine_cpu0
+        return used + proc_cpu_s(supernode.pid)
 
     try:
         rec = measure(b, "damselfly", start, outputs, stop=stop, extra=extra, infra_cpu=infra_cpu)
