@@ -21,6 +21,7 @@ from pathlib import Path
 from benchmarks._report import write_section
 from benchmarks.simulator.swarm import Setup, Stats, simulate
 
+from damselfly.core.pieces import piece_size_for
 from damselfly.scheduler import SchedulerConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--rpc-delay", type=float, default=0.0, help="seconds per schedule call")
     ap.add_argument(
-        "--piece-mib", type=float, default=0.0, help="piece size (default: v1's rule, 4 MiB)"
+        "--piece-mib",
+        type=float,
+        default=0.0,
+        help="piece size (default: the supernode's rule, core/pieces.py)",
     )
     ap.add_argument(
         "--supernode-limit",
@@ -143,7 +147,11 @@ def _body(args: argparse.Namespace, table: str) -> str:
         f"Mbit/s up, "
         + (f"CDN fetching at {args.cdn_rate / 1e6:,.0f} Mbit/s" if args.cdn_rate else "cache hit")
         + f", RPC delay {args.rpc_delay * 1000:.0f} ms, seed {args.seed}"
-        + (f", pieces of {args.piece_mib:g} MiB" if args.piece_mib else ", 4 MiB pieces")
+        + (
+            f", pieces of {args.piece_mib:g} MiB"
+            if args.piece_mib
+            else f", pieces of {piece_size_for(args.size) / 2**20:g} MiB (core/pieces.py)"
+        )
         + (f", supernode limit {args.supernode_limit}" if args.supernode_limit else "")
         + (", ramp-up rules off" if args.classic else ""),
     )

@@ -63,7 +63,7 @@ class Setup:
 
     peers: int = 1000
     size: int = 200_000_000
-    #: 0: Dragonfly v1's rule for the size (core/pieces.py: 4 MiB up to 200 MiB); another size
+    #: 0: the supernode's rule for the size (core/pieces.py: 2 MiB for 200 MB); another size
     #: is a what-if (the engine's down limit follows it, as in damselfly.peer.plan)
     piece_size: int = 0
     peer_up: float = 200e6

@@ -91,8 +91,8 @@ def test_every_peer_completes_near_the_floor(peers: int) -> None:
     assert not st.stalled
     assert len(st.done_at) == peers
     assert max(st.done_at) == pytest.approx(st.makespan)
-    assert st.t_min <= st.t_piece <= st.makespan < 2.0 * st.t_min
-    assert st.t_tree <= st.makespan  # a floor: no run beats it
+    assert st.t_min <= st.t_piece <= st.makespan * (1 + 1e-9) < 2.0 * st.t_min
+    assert st.t_tree <= st.makespan * (1 + 1e-9)  # a floor: no run beats it (float sums)
     total = sum(st.bytes_by_source.values())
     assert total == peers * 40 * MB  # every byte of every peer, counted once
     assert st.bytes_by_source["supernode"] >= 40 * MB  # the supernode sent every piece
@@ -149,7 +149,7 @@ def test_the_rampup_rules_shorten_a_crowds_distribution(seed: int) -> None:
     def run(config: SchedulerConfig) -> tuple[float, float]:
         sim = Simulation(Setup(peers=150, size=40 * MB, seed=seed, scheduler=config), 0.05)
         st = sim.run()
-        assert not st.stalled and st.t_tree <= st.makespan
+        assert not st.stalled and st.t_tree <= st.makespan * (1 + 1e-9)
         sim.sched.audit()
         everyone_holds = next(t for t, holders, *_ in st.trace if holders == 150)
         return everyone_holds, st.makespan

@@ -131,6 +131,7 @@ class Supernode:
                 home=config.home_dir,
                 rate=config.cdn_rate,
                 pattern=config.cdn_pattern,
+                piece_sizes=config.piece_sizes,
                 disk_gc_young=config.young_gc_threshold,
                 disk_gc_full=config.full_gc_threshold,
             ),

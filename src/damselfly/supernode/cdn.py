@@ -55,7 +55,7 @@ from damselfly.core.errors import (
     OriginNotFound,
 )
 from damselfly.core.ids import redact_url, sha256_in_url, validate_task_id, validate_url
-from damselfly.core.pieces import PiecePlan
+from damselfly.core.pieces import PiecePlan, piece_rule
 from damselfly.core.ratelimit import AsyncLimiter
 from damselfly.store.pieceserver import PieceLocation
 from damselfly.supernode import cdn_body, cdn_disk, diskgc
@@ -120,9 +120,14 @@ class CDNConfig:
     read_timeout: float = 30.0
     retries: int = 3  # retries of a transient origin failure without progress
     retry_backoff: float = 0.5  # first retry delay (doubles each time, up to 5 s)
+    piece_sizes: str = "swarm"  # the piece-size rule by name (core/pieces.py: swarm | v1)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home)
+        try:
+            piece_rule(self.piece_sizes)
+        except ValueError as e:
+            raise ConfigError(str(e), "use --piece-sizes swarm (default) or v1") from None
         if self.pattern not in PATTERNS:
             raise ConfigError(
                 f"unknown CDN pattern {self.pattern!r}", f"use one of {', '.join(PATTERNS)}"
@@ -529,7 +534,9 @@ class CDN:
                 raise err
         # From here the task is the new version (no await until the state is consistent).
         t.gen += 1
-        t.plan = PiecePlan.for_length(length) if length is not None else None
+        t.plan = (
+            PiecePlan.for_length(length, self.config.piece_sizes) if length is not None else None
+        )
         t.digests = [None] * (t.plan.count if t.plan else 0)
         t.verified = set()
         t.lost = {}
@@ -608,7 +615,7 @@ class CDN:
         budget = min(free - reserve, MAX_LENGTH)
         async with aclosing(self._counted(t, resp)) as chunks:
             length = await cdn_body.spool(chunks, path, budget, too_big, hasher)
-        plan = PiecePlan.for_length(length)
+        plan = PiecePlan.for_length(length, self.config.piece_sizes)
         digests = await asyncio.to_thread(cdn_disk.digest_pieces, path, plan)
         if t.gen != gen:
             return
@@ -697,7 +704,7 @@ class CDN:
         )
         if t.plan is None or changed:
             t.gen += 1
-            t.plan = PiecePlan.for_length(length)
+            t.plan = PiecePlan.for_length(length, self.config.piece_sizes)
             t.digests = [""] * t.plan.count
             t.etag, t.last_modified = head.etag, head.last_modified
             t.complete = True

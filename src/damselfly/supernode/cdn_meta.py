@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from damselfly.core.ids import MAX_URL_LEN, TASK_ID_RE
-from damselfly.core.pieces import PiecePlan, piece_size_for
+from damselfly.core.pieces import PIECE_RULES, PiecePlan
 
 META_VERSION = 1
 #: a meta of a 1 TiB file holds ~70k digests (~5 MB); anything far beyond is not ours
@@ -71,8 +71,9 @@ class TaskMeta:
         length, piece_size = obj.get("length"), obj.get("piece_size")
         if not isinstance(length, int) or isinstance(length, bool) or not 0 <= length <= 2**50:
             raise ValueError("bad length")
-        # A plan computed by another rule would cut the file differently: not reusable.
-        if piece_size != piece_size_for(length):
+        # The plan must be one a piece-size rule makes for this length (a cache written under
+        # another --piece-sizes stays usable: the task keeps the plan it was cut with).
+        if piece_size not in {rule(length) for rule in PIECE_RULES.values()}:
             raise ValueError("piece size does not follow the piece plan")
         digests = obj.get("digests")
         count = PiecePlan(length, piece_size).count

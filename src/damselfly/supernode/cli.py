@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--peer-gc-delay", help="drop silent peers after (default 3m)")
     ap.add_argument("--cdn-pattern", choices=["local", "source"], help="default local")
     ap.add_argument(
+        "--piece-sizes",
+        choices=["swarm", "v1"],
+        help="how files are cut: swarm (~100 pieces, the default) or v1 (4 MiB up to 200 MiB)",
+    )
+    ap.add_argument(
         "--young-gc-threshold", help="free disk below which idle cached tasks go (default 20G)"
     )
     ap.add_argument(
@@ -77,6 +82,7 @@ def load_config(argv: list[str]) -> SupernodeConfig:
         "up_limit": args.up_limit,
         "down_limit": args.down_limit,
         "cdn_pattern": args.cdn_pattern,
+        "piece_sizes": args.piece_sizes,
         "verbose": args.verbose,
     }
     for k, v in simple.items():

@@ -18,6 +18,7 @@ import yaml
 from damselfly.core.cluster import ClusterSecurity
 from damselfly.core.errors import ConfigError
 from damselfly.core.logs import LOG_BACKUPS, LOG_MAX_BYTES, make_log_config
+from damselfly.core.pieces import PIECE_RULES
 from damselfly.core.units import parse_duration, parse_rate, parse_size
 
 CDN_PATTERNS = ("local", "source")
@@ -52,6 +53,9 @@ class SupernodeConfig:
     task_expire_time: float = 180.0
     peer_gc_delay: float = 180.0
     cdn_pattern: str = "local"
+    #: how files are cut into pieces (core/pieces.py): "swarm" (~100 pieces of ≥ 1 MiB, at most
+    #: v1's size; the default) or "v1" (Dragonfly v1's sizes: 4 MiB up to 200 MiB)
+    piece_sizes: str = "swarm"
     # disk GC: below young_gc free bytes, tasks idle for a while are removed from the cache (least
     # recently used first); below full_gc, any task not in use (v1: youngGCThreshold 100G,
     # fullGCThreshold 5G; Damselfly's young default is 20G, sized for smaller cache disks)
@@ -94,6 +98,8 @@ class SupernodeConfig:
             raise ConfigError("--up-limit and --down-limit must be at least 1")
         if self.cdn_pattern not in CDN_PATTERNS:
             raise ConfigError(f"invalid --cdn-pattern {self.cdn_pattern!r}", "use local or source")
+        if self.piece_sizes not in PIECE_RULES:
+            raise ConfigError(f"invalid --piece-sizes {self.piece_sizes!r}", "use swarm or v1")
         make_log_config(self.log_format, self.log_max_bytes, self.log_backups)
         _ = self.cdn_rate
         if self.full_gc_threshold > self.young_gc_threshold:
@@ -127,6 +133,7 @@ _V1_KEYS: dict[str, tuple[str, Any]] = {
     "taskExpireTime": ("task_expire_time", lambda v: parse_duration(v, "taskExpireTime")),
     "peerGCDelay": ("peer_gc_delay", lambda v: parse_duration(v, "peerGCDelay")),
     "cdnPattern": ("cdn_pattern", str),
+    "pieceSizes": ("piece_sizes", str),
     "debug": ("verbose", bool),
     "youngGCThreshold": ("young_gc_threshold", lambda v: parse_size(v, "youngGCThreshold")),
     "fullGCThreshold": ("full_gc_threshold", lambda v: parse_size(v, "fullGCThreshold")),

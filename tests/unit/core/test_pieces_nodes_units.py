@@ -4,24 +4,32 @@ from hypothesis import strategies as st
 
 from damselfly.core.errors import ConfigError
 from damselfly.core.nodes import Node, parse_nodes, rendezvous_order
-from damselfly.core.pieces import MiB, PiecePlan, piece_size_for
+from damselfly.core.pieces import MiB, PiecePlan, piece_size_for, v1_piece_size
 from damselfly.core.units import parse_duration, parse_rate, parse_size
 
 
 @pytest.mark.parametrize(
-    ("length", "size"),
+    ("length", "v1", "size"),
     [
-        (0, 4 * MiB),
-        (1, 4 * MiB),
-        (200 * MiB, 4 * MiB),
-        (200 * MiB + 1, 4 * MiB),  # 200MiB+1 // 100MiB + 2 = 4
-        (300 * MiB, 5 * MiB),
-        (1024 * MiB, 12 * MiB),
-        (1300 * MiB, 15 * MiB),
-        (10_000 * MiB, 15 * MiB),
+        (-1, 4 * MiB, 4 * MiB),  # unknown length: v1's default
+        (0, 4 * MiB, 1 * MiB),
+        (1, 4 * MiB, 1 * MiB),
+        (100 * MiB, 4 * MiB, 1 * MiB),  # ~100 pieces, never under 1 MiB
+        (100 * MiB + 1, 4 * MiB, 2 * MiB),
+        (200_000_000, 4 * MiB, 2 * MiB),  # v1's published setup: 96 pieces
+        (200 * MiB, 4 * MiB, 2 * MiB),
+        (200 * MiB + 1, 4 * MiB, 3 * MiB),  # 200MiB+1 // 100MiB + 2 = 4 (v1)
+        (300 * MiB, 5 * MiB, 3 * MiB),
+        (1024 * MiB, 12 * MiB, 11 * MiB),
+        (1300 * MiB, 15 * MiB, 13 * MiB),
+        (1500 * MiB, 15 * MiB, 15 * MiB),  # from here on v1's size
+        (10_000 * MiB, 15 * MiB, 15 * MiB),
     ],
 )
-def test_piece_size_rule_is_v1s(length: int, size: int) -> None:
+def test_piece_size_is_v1s_at_most_and_about_a_hundred_pieces(
+    length: int, v1: int, size: int
+) -> None:
+    assert v1_piece_size(length) == v1
     assert piece_size_for(length) == size
 
 

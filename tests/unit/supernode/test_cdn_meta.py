@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from damselfly.core.pieces import MiB, PiecePlan
+from damselfly.core.pieces import MiB, PiecePlan, piece_size_for
 from damselfly.supernode import cdn_disk
 from damselfly.supernode.cdn_meta import Layout, TaskMeta, read_meta, scan, write_meta
 
@@ -23,7 +23,7 @@ def meta(**kw: Any) -> TaskMeta:
         task_id=TID,
         url="http://o/f?sig=x",
         length=10,
-        piece_size=4 * MiB,
+        piece_size=piece_size_for(10),
         etag='"e"',
         last_modified="",
         digests=[D],
@@ -107,13 +107,14 @@ def test_scan_loads_valid_tasks_and_removes_the_rest(tmp_path: Path) -> None:
 
 def test_scan_keeps_only_the_pieces_a_short_data_file_holds(tmp_path: Path) -> None:
     lay = Layout(tmp_path)
-    length = 9 * MiB  # pieces 0-1 of 4 MiB, piece 2 of 1 MiB
-    m = meta(length=length, digests=[D, D, D], complete=True, file_sha256=D)
+    length = 9 * MiB  # nine pieces of 1 MiB
+    assert piece_size_for(length) == MiB
+    m = meta(length=length, piece_size=MiB, digests=[D] * 9, complete=True, file_sha256=D)
     write_meta(lay.meta(TID), m.to_json())
     with lay.data(TID).open("wb") as f:
-        f.truncate(5 * MiB)
+        f.truncate(5 * MiB + 100)
     (loaded,), _ = scan(lay, now_wall=0.0)
-    assert loaded.meta.digests == [D, None, None]
+    assert loaded.meta.digests == [D] * 5 + [None] * 4
     assert loaded.meta.complete is False and loaded.meta.file_sha256 == ""
 
 

@@ -146,7 +146,7 @@ def test_missing_runs_cover_exactly_the_missing_pieces(held: list[bool]) -> None
 
 
 def test_range_header() -> None:
-    plan = PiecePlan.for_length(10 * MiB + 5)  # pieces of 4 MiB: 0, 1, and a short 2
+    plan = PiecePlan(10 * MiB + 5, 4 * MiB)  # pieces of 4 MiB: 0, 1, and a short 2
     assert range_header(plan, 0, 0) == (f"bytes=0-{4 * MiB - 1}", 0, 4 * MiB - 1)
     assert range_header(plan, 1, 2) == (f"bytes={4 * MiB}-{10 * MiB + 4}", 4 * MiB, 10 * MiB + 4)
 
