@@ -29,6 +29,7 @@ from tests.procs import (
     OriginHandle,
     Proc,
     Procs,
+    SupernodeHandle,
     dfget_cmd,
     engine_status,
     free_port,
@@ -251,10 +252,12 @@ def test_origin_replaced_while_the_cdn_fetches(procs: Procs, tmp_path: Path, new
 
 def test_origin_replaced_while_peers_fetch_ranges_from_it(procs: Procs, tmp_path: Path) -> None:
     """``--cdn-pattern source``: the supernode stores nothing and peers fetch pieces from the
-    origin by Range. The file is replaced by another of the same length (new ETag) while three
-    peers are half-way through at 4 MiB/s per connection. No output may mix versions: each
-    finished output is the old or the new file whole, a failure is a clear message with nothing
-    at --output. A peer that started after the change gets the new file whole."""
+    origin by Range, each with ``If-Range`` set to the version the supernode announced. The file
+    is replaced by another of the same length (new ETag) while three peers are half-way through
+    at 4 MiB/s per connection. Their next Range requests get a 200: they report the piece
+    "changed", the supernode probes the origin again and resets the task, and every peer drops
+    the old pieces and finishes with the new file whole, from the swarm. A peer that starts
+    after the change gets the new file too."""
     www = tmp_path / "www"
     size = 24 * MiB
     old = write_random(www / "f.bin", size, seed=3)
@@ -267,28 +270,143 @@ def test_origin_replaced_while_peers_fetch_ranges_from_it(procs: Procs, tmp_path
         for i in range(4)
     ]
     runs = [h.start(url, sn.addr) for h in hosts[:3]]
-
-    def some_pieces() -> bool:
-        try:
-            view = sn.api(f"/api/v1/tasks/{tid}")
-        except urllib.error.HTTPError:
-            return False
-        return sum(p.get("pieces", 0) for p in view.get("peers", [])) >= 2
-
-    wait_until(some_pieces, timeout=60, what="pieces fetched from the origin")
+    wait_until(lambda: pieces_held(sn, tid) >= 2, timeout=60, what="pieces fetched from the origin")
     new = replace_at_origin(www / "f.bin", size, seed=4, scratch=tmp_path)
     origin.control(drop_active=True)
-    allowed = {digest(old), digest(new)}
+    assert digest(old) != digest(new)
     for h, r in zip(hosts[:3], runs, strict=True):
         code, out = h.finish(r)
-        assert "Traceback" not in out, out
-        if code != 0:
-            assert_clean_failure(code, out)
-        assert_only_whole_outputs(h.out_dir, allowed)
+        assert code == 0, out
+        m = SUCCESS_RE.search(out)
+        assert m and m.group(3) == "0", out  # the swarm moved to the new version (no fallback)
+        assert assert_only_whole_outputs(h.out_dir, {digest(new)}) == [digest(new)]
     late = hosts[3]
     code, out = late.finish(late.start(url, sn.addr))
     assert code == 0, out
-    assert assert_only_whole_outputs(late.out_dir, allowed) == [digest(new)]
+    assert assert_only_whole_outputs(late.out_dir, {digest(new)}) == [digest(new)]
+    assert "changed at the origin; starting over" in sn.proc.output()
+
+
+def pieces_held(sn: SupernodeHandle, tid: str, peer_id: str = "") -> int:
+    """Pieces the supernode counts as held by the task's peers (or one of them)."""
+    try:
+        view = sn.api(f"/api/v1/tasks/{tid}")
+    except urllib.error.HTTPError:
+        return 0
+    return sum(
+        p.get("pieces", 0) for p in view.get("peers", []) if not peer_id or p["id"] == peer_id
+    )
+
+
+def test_a_peer_holding_old_pieces_from_peers_meets_the_new_version_at_the_origin(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """The late-joining hole of a per-download pin (``--cdn-pattern source``): host A holds the
+    whole old file; host C (1 MiB/s) registers and takes old pieces from A only (the origin has
+    sent no body since). Then the file is replaced and A's engine killed, so C's next pieces must
+    come from the origin: C's *first* Range request to it carries the supernode's old validator
+    as If-Range and gets a 200, the supernode resets the task, C drops the old pieces and
+    finishes with the new file whole. (A pin taken from C's own first answer would have accepted
+    the new version's pieces next to A's old ones: a mixed file.)"""
+    www = tmp_path / "www"
+    size = 24 * MiB
+    old = write_random(www / "f.bin", size, seed=5)
+    origin = start_origin(procs, www)
+    sn = start_supernode(procs, tmp_path / "sn", extra=["--cdn-pattern", "source"])
+    url = origin.url("f.bin")
+    tid = task_id(url)
+    a = Host(procs, tmp_path / "a" / "home", tmp_path / "a" / "out", "a")
+    c = Host(procs, tmp_path / "c" / "home", tmp_path / "c" / "out", "c")
+    code, out = a.finish(a.start(url, sn.addr))
+    assert code == 0, out
+    assert assert_only_whole_outputs(a.out_dir, {digest(old)}) == [digest(old)]
+    a_engine = a.track_engine()
+    assert a_engine is not None
+    origin.control(reset=True, rate=4 * MiB)
+    run = c.start(url, sn.addr, "--locallimit", "1M")
+    c_engine = wait_until(c.track_engine, timeout=30, what="C's engine")
+    wait_until(
+        lambda: pieces_held(sn, tid, c_engine["peer_id"]) >= 1,
+        timeout=60,
+        what="C holding a piece from A",
+    )
+    # every piece C holds came from A: the origin has sent no body since A finished
+    assert origin.stats()["gets"] == 0, origin.stats()
+    new = replace_at_origin(www / "f.bin", size, seed=6, scratch=tmp_path)
+    os.kill(int(a_engine["pid"]), signal.SIGKILL)
+    code, out = c.finish(run)
+    assert code == 0, out
+    m = SUCCESS_RE.search(out)
+    assert m and m.group(3) == "0", out  # through the swarm, at the new version
+    assert assert_only_whole_outputs(c.out_dir, {digest(new)}) == [digest(new)]
+    statuses = origin.stats()["statuses"]
+    assert 200 in statuses and 206 in statuses, statuses  # If-Range refused, then new ranges
+    assert "changed at the origin; starting over" in sn.proc.output()
+
+
+def test_a_reset_drops_the_old_pieces_of_running_peers(procs: Procs, tmp_path: Path) -> None:
+    """``--cdn-pattern source``: host A (2 MiB/s) holds some pieces of the old version when the
+    file is replaced; host D registers right after, which revalidates the task at the origin
+    and resets it. A, still running, is told the new version in its next schedule answer and
+    drops its old pieces instead of reporting them held (they would have been handed to D with
+    no digest to check); both finish with the new file whole."""
+    www = tmp_path / "www"
+    size = 24 * MiB
+    old = write_random(www / "f.bin", size, seed=7)
+    origin = start_slow_origin(procs, www, rate=4 * MiB)
+    sn = start_supernode(procs, tmp_path / "sn", extra=["--cdn-pattern", "source"])
+    url = origin.url("f.bin")
+    tid = task_id(url)
+    a = Host(procs, tmp_path / "a" / "home", tmp_path / "a" / "out", "a")
+    d = Host(procs, tmp_path / "d" / "home", tmp_path / "d" / "out", "d")
+    run_a = a.start(url, sn.addr, "--locallimit", "2M")
+    wait_until(lambda: pieces_held(sn, tid) >= 2, timeout=60, what="A holding old pieces")
+    new = replace_at_origin(www / "f.bin", size, seed=8, scratch=tmp_path)
+    run_d = d.start(url, sn.addr)
+    for h, r in ((a, run_a), (d, run_d)):
+        code, out = h.finish(r)
+        assert code == 0, out
+        m = SUCCESS_RE.search(out)
+        assert m and m.group(3) == "0", out
+        assert assert_only_whole_outputs(h.out_dir, {digest(new)}) == [digest(new)]
+    assert digest(old) != digest(new)
+    assert "changed at the origin; starting over" in sn.proc.output()
+
+
+def test_an_origin_naming_no_version_is_never_fetched_by_ranges(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """``--cdn-pattern source`` with an origin that sends neither ETag nor Last-Modified: Range
+    requests made at different times could not be tied to one version, so peers download the
+    file whole with one GET each (reason 3) instead of piece by piece. The file is replaced
+    while two such GETs run: each output is one version whole (the old one, which those GETs
+    began with), never a mix; a later download gets the new one; the origin answered no Range
+    request with a 206."""
+    www = tmp_path / "www"
+    size = 16 * MiB
+    old = write_random(www / "f.bin", size, seed=9)
+    origin = start_slow_origin(procs, www, rate=4 * MiB)
+    origin.control(no_validators=True)
+    sn = start_supernode(procs, tmp_path / "sn", extra=["--cdn-pattern", "source"])
+    url = origin.url("f.bin")
+    hosts = [
+        Host(procs, tmp_path / f"h{i}" / "home", tmp_path / f"h{i}" / "out", f"h{i}")
+        for i in range(3)
+    ]
+    runs = [h.start(url, sn.addr) for h in hosts[:2]]
+    wait_until(lambda: progress_at_origin(origin, 4 * MiB), timeout=60, what="bodies under way")
+    new = replace_at_origin(www / "f.bin", size, seed=10, scratch=tmp_path)
+    for h, r in zip(hosts[:2], runs, strict=True):
+        code, out = h.finish(r)
+        assert code == 0, out
+        m = SUCCESS_RE.search(out)
+        assert m and m.group(3) == "3", out
+        assert assert_only_whole_outputs(h.out_dir, {digest(old)}) == [digest(old)]
+    late = hosts[2]
+    code, out = late.finish(late.start(url, sn.addr))
+    assert code == 0, out
+    assert assert_only_whole_outputs(late.out_dir, {digest(new)}) == [digest(new)]
+    assert 206 not in origin.stats()["statuses"]
 
 
 # -- the engine's data disk full --------------------------------------------------------------

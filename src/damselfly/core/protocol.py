@@ -29,7 +29,11 @@ MAX_RESULTS = 1024
 MAX_GRANT = 512  # core.grants.MAX_GRANT_LEN
 PATTERNS = ("p2p", "cdn", "source")
 SOURCE_KINDS = ("peer", "supernode", "origin")
-FAILURE_KINDS = ("", "digest", "timeout", "connect", "http", "short", "other")
+#: "changed": the origin answered a Range request guarded by ``If-Range`` with another version of
+#: the file (a 200, or a 206 of another length or validator); the supernode re-probes the origin
+FAILURE_KINDS = ("", "digest", "timeout", "connect", "http", "short", "other", "changed")
+#: bound of an origin validator (an ETag or a Last-Modified date) on the wire
+MAX_VALIDATOR = 1024
 
 # Source ids that are not peers.
 SUPERNODE = "supernode"
@@ -77,6 +81,14 @@ def _headers(obj: dict[str, Any]) -> dict[str, str]:
             raise BadRequest("header names and values must not contain control characters")
         out[k] = val
     return out
+
+
+def _validator(obj: dict[str, Any]) -> str:
+    """An origin validator, sent back to the origin as ``If-Range``: bounded, one header line."""
+    v = _str(obj, "origin_validator", "", MAX_VALIDATOR)
+    if any(c in v for c in "\r\n\x00"):
+        raise BadRequest("field 'origin_validator' must not contain control characters")
+    return v
 
 
 def _digest(obj: dict[str, Any]) -> str:
@@ -161,6 +173,11 @@ class RegisterResponse:
     grant: str = ""
     #: the supernode's Ed25519 public key (base64url), with which grants are checked
     supernode_key: str = ""
+    #: cdn_pattern "source": the version of the file this task is, as the supernode learned it
+    #: from the origin (a strong ETag, else Last-Modified; "" when the origin gives neither).
+    #: Peers send it as ``If-Range`` with every Range request to the origin, so all pieces of
+    #: the task come from this one version; "" in the local pattern
+    origin_validator: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,6 +196,7 @@ class RegisterResponse:
             private=private,
             grant=_str(obj, "grant", "", MAX_GRANT),
             supernode_key=_str(obj, "supernode_key", "", 64),
+            origin_validator=_validator(obj),
         )
 
 
@@ -302,6 +320,9 @@ class ScheduleResponse:
     error_code: str = ""  # with STATUS_FAILED: an errors.*.code
     file_sha256: str = ""  # the whole file's sha256, known once the CDN has finished
     grant: str = ""  # a private task: this peer's renewed grant (its old one is past half-life)
+    #: cdn_pattern "source": the task's current version (RegisterResponse.origin_validator);
+    #: another value than the peer's means the task was reset to a new version of the file
+    origin_validator: str = ""
 
     def to_json(self) -> dict[str, Any]:
         # written out by hand: dataclasses.asdict's generic deep copy was 14% of the supernode's
@@ -328,6 +349,7 @@ class ScheduleResponse:
             "error_code": self.error_code,
             "file_sha256": self.file_sha256,
             "grant": self.grant,
+            "origin_validator": self.origin_validator,
         }
 
     @classmethod
@@ -346,6 +368,7 @@ class ScheduleResponse:
             error_code=_str(obj, "error_code", "", 64),
             file_sha256=_str(obj, "file_sha256", "", 64),
             grant=_str(obj, "grant", "", MAX_GRANT),
+            origin_validator=_validator(obj),
         )
 
 

@@ -15,7 +15,8 @@ need to observe:
   ``{"no_ranges": true}`` disables Range support, ``{"reset": true}`` zeroes the counters,
   ``{"rate": N}`` paces every body to N bytes/s per connection (0: unpaced; a slow origin, so
   that a test can act while a download runs), ``{"drop_active": true}`` cuts every body being
-  sent right now (e.g. after the file was replaced, so the next request sees the new version).
+  sent right now (e.g. after the file was replaced, so the next request sees the new version),
+  ``{"no_validators": true}`` sends no ETag and no Last-Modified (an origin that names no version).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Origin:
         self.cut_after: int | None = None
         self.fail: tuple[int, int] | None = None  # (status, times)
         self.no_ranges = False
+        self.no_validators = False
         self.rate = 0  # bytes/s per body; 0 = unpaced
         self.drop_gen = 0  # bumped by "drop_active": bodies started before it are cut
         self.reset()
@@ -101,14 +103,16 @@ class Origin:
         st = path.stat()
         etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
         last_mod = formatdate(st.st_mtime, usegmt=True)
-        headers = {"ETag": etag, "Last-Modified": last_mod}
+        headers = {} if self.no_validators else {"ETag": etag, "Last-Modified": last_mod}
+        if self.no_validators:
+            etag = last_mod = "-"  # nothing a client could have been told matches
         if not self.no_ranges:
             headers["Accept-Ranges"] = "bytes"
         inm = request.headers.get("If-None-Match")
         ims = request.headers.get("If-Modified-Since")
         if inm is not None and inm == etag:
             return web.Response(status=304, headers=headers)
-        if inm is None and ims is not None:
+        if inm is None and ims is not None and not self.no_validators:
             try:
                 if int(parsedate_to_datetime(ims).timestamp()) >= int(st.st_mtime):
                     return web.Response(status=304, headers=headers)
@@ -185,6 +189,8 @@ class Origin:
             self.fail = (int(body["status"]), int(body.get("times", 1)))
         if "no_ranges" in body:
             self.no_ranges = bool(body["no_ranges"])
+        if "no_validators" in body:
+            self.no_validators = bool(body["no_validators"])
         if "rate" in body:
             self.rate = max(0, int(body["rate"]))
         if body.get("drop_active"):

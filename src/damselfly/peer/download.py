@@ -79,6 +79,12 @@ MAX_RETRY_S = 2.0
 FINAL_POLLS = 3
 PROGRESS_EVERY_S = 0.1
 _ORIGIN_FINAL = ("origin_not_found", "origin_auth")
+#: cdn_pattern "source" with an origin that names no version of its file: Range requests made at
+#: different times cannot be tied to one version, so the swarm is not used for it
+NO_VERSION = (
+    "the origin names no version of the file (no ETag or Last-Modified), so pieces fetched "
+    "from it at different times could come from two versions; downloading it whole instead"
+)
 
 
 @dataclass
@@ -372,6 +378,10 @@ class Download:
                 self.tid[:12],
             )
         out_dir = os.path.dirname(self.req.output)
+        versioned = reg.cdn_pattern == "source"
+        if versioned and not reg.origin_validator:
+            await self.svc.supernodes.leave_task(node, reg.task_id, self.svc.peer_id)
+            raise BackSource(REASON_DOWNLOAD_ERROR, NO_VERSION)
         try:
             td = await store.open_task(
                 reg.task_id, reg.length, reg.piece_size, upload=self.req.pattern != "cdn"
@@ -382,6 +392,13 @@ class Download:
             td.private = True  # before anyone can ask for a piece of it, and kept in its meta
             await store.save_meta(td)
         try:
+            if versioned and td.origin_version != reg.origin_validator:
+                # pieces held from an earlier download of another version of the file: their
+                # digests were never the supernode's, so only the version tells them apart
+                if td.held:
+                    self._say("the local copy is from another version of the file; dropping it")
+                    await store.reset(td)
+                td.origin_version = reg.origin_validator
             if not await asyncio.to_thread(same_filesystem, td.path, out_dir):
                 try:
                     await asyncio.to_thread(check_room, out_dir, reg.length, "the output")
@@ -419,11 +436,18 @@ class Download:
         self, node: Node, reg: RegisterResponse, td: TaskData
     ) -> tuple[DownloadPlan, PrefixHasher]:
         svc = self.svc
-        plan = DownloadPlan.start(PiecePlan(reg.length, reg.piece_size), td.held)
+        versioned = reg.cdn_pattern == "source"
+        plan = DownloadPlan.start(
+            PiecePlan(reg.length, reg.piece_size),
+            td.held,
+            origin_validator=reg.origin_validator if versioned else None,
+        )
         fetcher = PieceFetcher(
             svc.session, reg.task_id, self.origin, self.limiters, svc.stall_timeout, svc.pieces
         )
         fetcher.grant = reg.grant
+        if versioned:  # every origin piece of this task from the supernode's version
+            fetcher.pin(reg.origin_validator, reg.length)
         hasher = self._hasher(td, plan)
         self._confirmed.clear()  # confirmations hold for one supernode's digests
         changed = asyncio.Event()
@@ -465,13 +489,27 @@ class Download:
                     fetcher.grant = resp.grant  # renewed at half its life
                 decision = plan.on_response(resp)
                 if decision.stale:
-                    self._say("the local copy is from an older version of the file; dropping it")
+                    new_version = decision.new_version
+                    if new_version is None:
+                        self._say(
+                            "the local copy is from an older version of the file; dropping it"
+                        )
+                    else:
+                        self._say(
+                            "the file changed at the origin; dropping the old version's pieces"
+                        )
                     await fetches.close()
                     await hasher.close()
                     await svc.store.reset(td)
-                    plan.drop_local_copy()
+                    plan.drop_local_copy(new_version)
                     self._confirmed.clear()
                     hasher = self._hasher(td, plan)
+                    if new_version is not None:
+                        td.origin_version = new_version
+                        if not new_version:
+                            await svc.supernodes.leave_task(node, reg.task_id, svc.peer_id)
+                            raise BackSource(REASON_DOWNLOAD_ERROR, NO_VERSION)
+                        fetcher.pin(new_version, plan.pieces.length)
                     decision = plan.on_response(resp)
                 if decision.rejected:  # pieces cut for another length: start over at its size
                     # (leaving first: the scheduler must forget what this copy held)

@@ -10,6 +10,12 @@ piece is written. Every received chunk is paced by the task's
 and the host's rate limiters. A source that sends nothing for ``stall`` seconds, answers an
 error, or sends too few or too many bytes fails the piece with a failure kind from the protocol
 (``connect``, ``timeout``, ``http``, ``short``, ``other``); digests are checked by the store.
+
+Origin versions (``origin_answer``): under cdn_pattern "source" the supernode names the version
+of the file (``pin``: its validator and length); every Range request carries it as ``If-Range``,
+and an answer of another version (a 200, another total length or validator) fails the piece with
+kind ``changed``, which makes the supernode re-probe the origin. Without a pin (the local
+pattern, where the scheduler rarely names the origin) the first 206 pins the version.
 """
 
 from __future__ import annotations
@@ -71,16 +77,21 @@ class PieceFetcher:
         self.timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=min(CONNECT_TIMEOUT, stall * 2), sock_read=stall
         )
-        # The version this download's origin pieces come from: the first 206 pins its validator
-        # and total length; later Range requests carry If-Range, so a file replaced meanwhile
-        # answers 200 (or another total) and the piece fails instead of mixing two versions.
-        self.pinned: tuple[str, str] | None = None
+        # The version this download's origin pieces come from: (validator, total length), set by
+        # ``pin`` from the supernode's answer or else by the first 206; Range requests carry
+        # If-Range with it, so a file replaced meanwhile answers 200 (or another total) and the
+        # piece fails instead of mixing two versions.
+        self.pinned: tuple[str, int] | None = None
         self._own_client = pieces is None
         self.pieces = pieces if pieces is not None else PieceClient()
         self.buffers = BufferPool()
         #: this peer's grant for a private task ("" for a public one): sent with every piece
         #: request to a peer or supernode
         self.grant = ""
+
+    def pin(self, validator: str, length: int) -> None:
+        """Origin pieces must come from this version (the supernode's ``origin_validator``)."""
+        self.pinned = (validator, length)
 
     async def fetch(self, a: PieceAssignment) -> memoryview:
         """The piece's bytes (exactly ``a.size``), or PieceFetchError with a failure kind.
@@ -168,21 +179,20 @@ class PieceFetcher:
             raise PieceFetchError(f"fetch failed: {e!r}", "other") from e
 
     def _check_status(self, resp: aiohttp.ClientResponse, a: PieceAssignment) -> None:
-        if resp.status != 206:
-            raise PieceFetchError(f"the origin answered {resp.status} to a Range request", "http")
-        m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-        if not m or int(m.group(1)) != a.start or int(m.group(2)) != a.start + a.size - 1:
-            raise PieceFetchError("the origin answered another range than asked", "http")
-        etag = resp.headers.get("ETag", "")
-        version = (
-            (etag if etag and not etag.startswith("W/") else "")
-            or resp.headers.get("Last-Modified", ""),
-            m.group(3),
+        h = resp.headers
+        failure, version = origin_answer(
+            resp.status,
+            h.get("Content-Range", ""),
+            h.get("ETag", ""),
+            h.get("Last-Modified", ""),
+            a.start,
+            a.size,
+            self.pinned,
         )
+        if failure is not None:
+            raise PieceFetchError(failure[1], failure[0])
         if self.pinned is None:
             self.pinned = version
-        elif version != self.pinned:
-            raise PieceFetchError("the file changed at the origin during the download", "http")
         if resp.content_length is not None and resp.content_length != a.size:
             raise PieceFetchError(
                 f"the source announced {resp.content_length} bytes, expected {a.size}", "http"
@@ -201,6 +211,44 @@ class PieceFetcher:
             await acquire_all(self.limiters, n)
         if got != a.size:
             raise PieceFetchError(f"the source sent {got} of {a.size} bytes", "short")
+
+
+def strong_validator(etag: str, last_modified: str) -> str:
+    """What identifies a version for ``If-Range``: a strong ETag, else Last-Modified, else ""
+    (RFC 9110 forbids weak ETags there)."""
+    return etag if etag and not etag.startswith("W/") else last_modified
+
+
+def origin_answer(
+    status: int,
+    content_range: str,
+    etag: str,
+    last_modified: str,
+    start: int,
+    size: int,
+    pinned: tuple[str, int] | None,
+) -> tuple[tuple[str, str] | None, tuple[str, int]]:
+    """Judge the origin's answer to ``Range: bytes=start-(start+size-1)`` (with ``If-Range``
+    when ``pinned`` names a validator): ((failure kind, message) or None, the answer's version).
+
+    Another version than the pinned one is kind ``changed``: a 200 to If-Range (the origin's
+    own way of saying so), a 206 of another total length, or of another validator (an origin
+    that ignores If-Range still names its version).
+    """
+    version = (strong_validator(etag, last_modified), -1)
+    if status == 200 and pinned is not None and pinned[0]:
+        return ("changed", "the file changed at the origin (it answered 200 to If-Range)"), version
+    if status != 206:
+        return ("http", f"the origin answered {status} to a Range request"), version
+    m = _CONTENT_RANGE.match(content_range)
+    if not m or int(m.group(1)) != start or int(m.group(2)) != start + size - 1:
+        return ("http", "the origin answered another range than asked"), version
+    total = int(m.group(3)) if m.group(3) != "*" else -1
+    version = (version[0], total)
+    if pinned is not None:
+        if total != pinned[1] or (version[0] and pinned[0] and version[0] != pinned[0]):
+            return ("changed", "the file changed at the origin during the download"), version
+    return None, version
 
 
 def ssl_for(cacerts: list[str], insecure: bool) -> ssl.SSLContext | bool | None:

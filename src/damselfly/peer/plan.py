@@ -4,6 +4,13 @@ It knows which pieces this engine holds (and their digests), which are in flight
 are still to be reported, and how much to ask the scheduler for. It never awaits, never touches
 a socket, never reads a clock: the driver (``download.py``) feeds it schedule responses and piece
 outcomes and does what it says.
+
+Under cdn_pattern "source" the plan also knows the version of the file the task is
+(``origin_validator``, from the supernode): a schedule answer naming another version means the
+task was reset to new content, and the local copy is stale. Pieces then carry a digest whenever
+they go from peer to peer: a piece fetched from the origin (or held from an earlier download of
+the same version) is reported with the sha256 computed here, and a piece a peer would send
+without any digest to check it against is refused.
 """
 
 from __future__ import annotations
@@ -53,6 +60,11 @@ class Decision:
     stale: bool = False
     #: assignments that did not fit the task's geometry (reported as failures, kind "other")
     rejected: int = 0
+    #: with ``stale``: the version of the file the task now is (cdn_pattern "source"), to pin
+    #: once the copy is dropped (``drop_local_copy(new_version)``); None: the digests said so
+    new_version: str | None = None
+    #: pieces a peer would have sent without a digest (reported failed, kind "other")
+    unverifiable: int = 0
 
 
 @dataclass
@@ -69,13 +81,22 @@ class DownloadPlan:
     )
     file_sha256: str = ""
     done_seen: bool = False
+    #: cdn_pattern "source": the origin's version of the file this task is (its validator;
+    #: "" = the origin names none); None: not versioned (the supernode's digests say it all)
+    origin_validator: str | None = None
 
     @classmethod
     def start(
-        cls, pieces: PiecePlan, held: Mapping[int, str] | None = None, down_limit: int = 0
+        cls,
+        pieces: PiecePlan,
+        held: Mapping[int, str] | None = None,
+        down_limit: int = 0,
+        origin_validator: str | None = None,
     ) -> DownloadPlan:
         keep = {n: d for n, d in (held or {}).items() if 0 <= n < pieces.count}
-        return cls(pieces, keep, down_limit or down_limit_for(pieces.piece_size))
+        plan = cls(pieces, keep, down_limit or down_limit_for(pieces.piece_size))
+        plan.origin_validator = origin_validator
+        return plan
 
     # -- questions -------------------------------------------------------------------------
 
@@ -126,6 +147,9 @@ class DownloadPlan:
     def on_response(self, resp: ScheduleResponse) -> Decision:
         if resp.file_sha256:
             self.file_sha256 = resp.file_sha256.lower()
+        if self.version_changed(resp):
+            # nothing applied: see Decision.stale
+            return Decision(stale=True, new_version=resp.origin_validator)
         if self.is_stale(resp):
             return Decision(stale=True)  # nothing applied: see Decision.stale
         if resp.status == STATUS_DONE:
@@ -139,8 +163,16 @@ class DownloadPlan:
             if a.num in self.in_flight:
                 continue
             if a.num in self.held:
-                # Already here (from an earlier download of the task): report it at once.
-                self.results.append(PieceResult(a.num, True, _src_id(a), "", 0))
+                # Already here (from an earlier download of the task, same version): report it
+                # at once, with its digest when the scheduler has none (an origin piece under
+                # cdn_pattern "source"), so the peers it is handed to can check it.
+                mine = self.held[a.num] if a.source.kind == "origin" and not a.digest else ""
+                self.results.append(PieceResult(a.num, True, _src_id(a), "", 0, digest=mine))
+                continue
+            if self.origin_validator is not None and a.source.kind == "peer" and not a.digest:
+                # nothing to check its bytes against: they could be any version of the file
+                d.unverifiable += 1
+                self.results.append(PieceResult(a.num, False, _src_id(a), "other", 0))
                 continue
             self.in_flight[a.num] = a
             d.fetch.append(a)
@@ -155,10 +187,21 @@ class DownloadPlan:
                 return True
         return False
 
-    def drop_local_copy(self) -> None:
+    def version_changed(self, resp: ScheduleResponse) -> bool:
+        """cdn_pattern "source": the supernode names another version of the file than this
+        plan's (it reset the task: the origin's content changed)."""
+        return self.origin_validator is not None and resp.origin_validator != self.origin_validator
+
+    def drop_local_copy(self, new_version: str | None = None) -> None:
         """The local copy was dropped (stale): nothing is held any more; unreported claims of
         holding pieces are void; pieces in flight were abandoned (reported failed, so the
-        scheduler gives them out again)."""
+        scheduler gives them out again). With ``new_version`` (the task was reset to another
+        version of the file) failures of the old version no longer count either."""
+        if new_version is not None:
+            self.origin_validator = new_version
+            self.failures.clear()
+            self.file_sha256 = ""
+            self.done_seen = False
         self.held.clear()
         self.results = [r for r in self.results if not r.ok]
         for num, a in sorted(self.in_flight.items()):

@@ -66,6 +66,9 @@ class TaskData:
     #: a private task (docs/protocol.md): served only to requests with a supernode's grant;
     #: kept in the meta, so it stays private after a restart
     private: bool = False
+    #: cdn_pattern "source": the origin's version (validator) the held pieces belong to; a
+    #: download of another version drops them first
+    origin_version: str = ""
     last_used: float = 0.0
     active: int = 0  # downloads using it right now
     nodes: set[str] = field(default_factory=set)  # supernode base URLs that know we hold it
@@ -99,6 +102,7 @@ class TaskData:
             "confirmed_sha256": self.confirmed_sha256,
             "upload": self.upload,
             "private": self.private,
+            "origin_version": self.origin_version,
         }
 
     def __repr__(self) -> str:
@@ -246,6 +250,7 @@ class LocalStore:
                 confirmed_sha256=str(obj.get("confirmed_sha256") or ""),
                 upload=bool(obj.get("upload", True)),
                 private=obj.get("private", False) is not False,  # anything odd: private
+                origin_version=str(obj.get("origin_version") or ""),
             )
         except (OSError, ValueError, KeyError, TypeError):
             for p in (meta_path, data_path):
@@ -319,6 +324,7 @@ class LocalStore:
         td.verified_here.clear()
         td.file_sha256 = ""
         td.confirmed_sha256 = ""
+        td.origin_version = ""
         td.fd, td.dfd = await asyncio.to_thread(self._open_file, td)
 
     async def write_piece(

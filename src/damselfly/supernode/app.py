@@ -29,6 +29,7 @@ from damselfly.core.errors import (
 )
 from damselfly.core.ids import redact_url, task_id, validate_peer_id, validate_task_id
 from damselfly.core.protocol import (
+    ORIGIN,
     STATUS_DONE,
     STATUS_WAIT,
     BackSourceReport,
@@ -55,6 +56,9 @@ EXPIRE_INTERVAL = 1.0  # seconds between scheduler expiry sweeps (cheap: bounded
 GRANT_SWEEP_EVERY = 30  # expiry sweeps between sweeps of lapsed grant records
 #: an access check for a private task gets this long from the origin
 ACCESS_CHECK_TIMEOUT = 15.0
+#: a schedule call reporting "the file changed at the origin" waits this long at most for the
+#: CDN's re-probe (and the reset it may bring) before it is answered
+CHANGE_CHECK_TIMEOUT = 15.0
 DISK_GC_INTERVAL = 15.0  # v1's disk GC interval
 MAX_BODY = 256 * 1024
 # open requests (long polls, piece uploads) get this long to finish when the supernode stops
@@ -408,8 +412,24 @@ class Supernode:
             private=private,
             grant=self.access.grant(tid, req.peer.id) if private else "",
             supernode_key=self.access.signer.public_text,
+            origin_validator=self._origin_validator(tid),
         )
         return web.json_response(resp.to_json())
+
+    def _origin_validator(self, tid: str) -> str:
+        """Source pattern: the version of the file peers must fetch from the origin."""
+        return self.cdn.validator(tid) if self.config.cdn_pattern == "source" else ""
+
+    async def _confirm_change(self, tid: str, peer_id: str) -> None:
+        """A peer's Range request found another version of the file at the origin: let the
+        CDN probe it again (a new version resets the task, dropping every holder of the old
+        one) before this call is answered, so the answer already names the new version."""
+        log.info("peer %s found task %s changed at the origin; re-probing", peer_id, tid[:12])
+        try:
+            async with asyncio.timeout(CHANGE_CHECK_TIMEOUT):
+                await self.cdn.confirm_change(tid)
+        except (TimeoutError, DamselflyError) as e:
+            log.warning("re-probing task %s failed: %s", tid[:12], e or "timed out")
 
     async def _admit_and_ensure(self, tid: str, req: RegisterRequest) -> CDNTask:
         """The CDN's task for a registration, once the peer may have it: a private task only
@@ -447,6 +467,10 @@ class Supernode:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + req.wait_ms / 1000
         results = req.results
+        if self.config.cdn_pattern == "source" and any(
+            r.failure == "changed" and r.source == ORIGIN for r in results
+        ):
+            await self._confirm_change(tid, req.peer_id)
         dl = self._downloads.get((tid, req.peer_id))
         if dl is not None:
             for r in results:
@@ -480,6 +504,8 @@ class Supernode:
                     del self._waiters[tid]
         if resp.status == STATUS_DONE:
             self._download_done(tid, req.peer_id)
+        # read with no await since the last schedule(): the pieces and the version agree
+        resp.origin_validator = self._origin_validator(tid)
         if private:
             try:
                 resp.grant = self.access.renew(tid, req.peer_id)

@@ -24,7 +24,11 @@ digests them and keeps the cache on disk across restarts.
   space checked as it grows), then cut into pieces and digested, and only then is the length
   announced; ``ensure()`` for such a task returns when the whole file is cached.
 - ``pattern="source"``: nothing is stored; a HEAD (or a ``Range: bytes=0-0`` GET) learns the
-  length and every piece is announced with digest "" (peers fetch ranges from the origin).
+  length and the validator (``validator()``: peers send it as ``If-Range``, so every piece of
+  the task comes from that version) and every piece is announced with digest "" (peers fetch
+  ranges from the origin). A peer whose Range request found another version asks for
+  ``confirm_change()``: a new probe (one at a time, at most every ``REPROBE_INTERVAL``), and a
+  new version resets the task (``task_reset``).
 - The caller's headers (credentials) go to the origin only: never to the meta file, a log line
   or an error message. URLs are logged through ``redact_url`` (a query may hold a signature).
 - A cached piece is re-hashed on its first serve after a restart; a corrupt piece is never
@@ -34,6 +38,7 @@ digests them and keeps the cache on disk across restarts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -93,6 +98,9 @@ MiB = 1024 * 1024
 PATTERNS = ("local", "source")
 #: a caller whose credentials differ from those of a request that failed with 401/403 tries its own
 AUTH_ATTEMPTS = 3
+#: source pattern: probes asked for by peers' "the file changed" reports start at most this often
+#: per task (a report cannot make the supernode hammer the origin)
+REPROBE_INTERVAL = 0.25
 
 
 class CDNListener(Protocol):
@@ -256,6 +264,35 @@ class CDN:
         if t is None:
             return []
         return [(i, d) for i, d in enumerate(t.digests) if d is not None]
+
+    def validator(self, task_id: str) -> str:
+        """The version of the task's file peers must fetch (``If-Range``): its strong ETag,
+        else Last-Modified, else "" (the origin names none)."""
+        t = self._tasks.get(task_id)
+        return if_range_validator(t.etag, t.last_modified) if t is not None else ""
+
+    async def confirm_change(self, task_id: str) -> None:
+        """Source pattern: a peer found another version of the file at the origin than the
+        task's. Returns once a probe that began after this call (or at most REPROBE_INTERVAL
+        before it: probes start at most that often, whatever peers report) has ended; a new
+        version has then reset the task. A failed re-probe keeps the task as it was."""
+        if self.config.pattern != "source":
+            return
+        asked = self.clock.now()
+        while True:
+            self._check_open()
+            t = self._tasks.get(task_id)
+            if t is None or t.plan is None or t.headers is None:
+                return  # nothing announced to peers: their next registration probes anyway
+            if t.op is not None:
+                with contextlib.suppress(DamselflyError):
+                    await asyncio.shield(t.op.ready)
+                if t.op is not None and t.op.task is not None:
+                    await asyncio.wait([t.op.task])
+                continue
+            if t.probe_started >= asked - REPROBE_INTERVAL:
+                return  # probed just now: a peer still finding another version asks again
+            self._start_op(t, Action.REVALIDATE, t.headers)
 
     # ---------------------------------------------------------------- ensure
 
@@ -685,6 +722,7 @@ class CDN:
 
     async def _probe(self, t: TaskState, op: Op) -> None:
         """Source pattern: learn length and validators, store nothing, announce every piece."""
+        t.probe_started = self.clock.now()
         attempts = 0
         while True:
             try:

@@ -91,6 +91,8 @@ class TaskState:
     headers: dict[str, str] | None = field(default=None, repr=False)  # credentials: memory only
     last_used: float = 0.0
     last_validated: float | None = None
+    #: clock time the last source-pattern probe of the origin began (``CDN.confirm_change``)
+    probe_started: float = float("-inf")
     error: DamselflyError | None = None
     origin_bytes: int = 0
     cache_hit: bool = False
