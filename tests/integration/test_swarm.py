@@ -152,6 +152,41 @@ def test_corrupting_peer_is_isolated_and_outputs_stay_correct(
     assert bad and bad[0]["isolated"], bad
 
 
+def test_stalling_peer_is_timed_out_avoided_and_outputs_stay_correct(
+    procs: Procs, tmp_path: Path, random_file
+):  # type: ignore[no-untyped-def]
+    """A holder that sends the first 64 KiB of a piece and then nothing: each download times the
+    piece out (the engine's stall timeout), fetches it elsewhere, and the supernode stops naming
+    that peer; every output is right."""
+    import sys
+
+    src = random_file(tmp_path / "www", "f.bin", 24 * MiB)
+    origin = start_origin(procs, tmp_path / "www")
+    sn = start_supernode(procs, tmp_path / "sn")
+    url = origin.url("f.bin")
+    ready = tmp_path / "slow.ready"
+    procs.start(
+        "slow",
+        [sys.executable, "-m", "tests.support.evil_peer", "--supernode", sn.addr, "--url", url,
+         "--ready-file", str(ready), "--stall"],
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    slow = wait_until(lambda: ready.exists() and json.loads(ready.read_text()), what="slow peer")
+    peers = [Peer(procs, tmp_path, f"peer{i}") for i in range(3)]
+    runs = [p.start(url, sn.addr) for p in peers]
+    for p, r in zip(peers, runs, strict=True):
+        code, out = p.finish(r)
+        assert code == 0, out
+        assert sha256(p.out_dir / "file.bin") == sha256(src)
+    listing = sn.api("/api/v1/peers")["peers"]
+    bad = [x for x in listing if x["id"] == slow["peer_id"]]
+    # each download timed it out and then avoided it: one failure per downloader at most
+    # (or isolated outright)
+    assert bad and bad[0]["failures"] >= 1, bad
+    assert bad[0]["isolated"] or bad[0]["failures"] <= len(peers), bad
+    assert origin.stats()["bytes_sent"] <= 2 * len(src.read_bytes())  # the CDN, not back source
+
+
 def test_supernode_killed_mid_download_moves_to_the_next(procs: Procs, tmp_path: Path, random_file):  # type: ignore[no-untyped-def]
     src = random_file(tmp_path / "www", "f.bin", 32 * MiB)
     origin = start_origin(procs, tmp_path / "www")

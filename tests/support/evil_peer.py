@@ -1,7 +1,9 @@
 """A hostile peer for tests: it registers for a task, claims every piece it is assigned as
-verified (without fetching anything), and serves random bytes of the right length for any piece.
+verified (without fetching anything), and serves random bytes of the right length for any piece
+— or, with ``--stall``, announces a piece, sends its first 64 KiB and then nothing, forever.
 
-Run: ``python -m tests.support.evil_peer --supernode 127.0.0.1:P --url URL --ready-file F``.
+Run: ``python -m tests.support.evil_peer --supernode 127.0.0.1:P --url URL --ready-file F
+[--stall]``.
 The ready file is written once the supernode has answered "done" for it, i.e. once it is a holder
 of every piece; it then keeps serving garbage (and heartbeating) until killed.
 """
@@ -27,9 +29,22 @@ async def serve_garbage(request: web.Request) -> web.Response:
     return web.Response(body=os.urandom(n), content_type="application/octet-stream")
 
 
+async def serve_stalling(request: web.Request) -> web.StreamResponse:
+    num = int(request.match_info["num"])
+    size = request.app["piece_size"]
+    n = max(0, min(size, request.app["length"] - num * size))
+    request.app["served"] += 1
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    resp.content_length = n
+    await resp.prepare(request)
+    await resp.write(os.urandom(min(n, 64 * 1024)))
+    await asyncio.Event().wait()  # never sends the rest: the client must time out
+    return resp
+
+
 async def main_async(args: argparse.Namespace) -> None:
     app = web.Application()
-    app.router.add_get("/pieces/{task_id}/{num}", serve_garbage)
+    app.router.add_get("/pieces/{task_id}/{num}", serve_stalling if args.stall else serve_garbage)
     app["served"] = 0
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -73,6 +88,7 @@ def main() -> None:
     ap.add_argument("--supernode", required=True)
     ap.add_argument("--url", required=True)
     ap.add_argument("--ready-file", required=True)
+    ap.add_argument("--stall", action="store_true", help="stall mid-piece instead of lying")
     asyncio.run(main_async(ap.parse_args()))
 
 
