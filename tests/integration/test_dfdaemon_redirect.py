@@ -156,7 +156,11 @@ def test_registry_redirects_to_signed_storage_three_daemons(procs: Procs, tmp_pa
         stats = origin.stats()
         for layer, size in zip(img.layers, _sizes(img), strict=True):
             pp = stats["per_path"].get(storage_path(layer))
-            assert pp is not None and pp["bytes"] == size, (layer, pp)
+            # the body once; plus, the layer being private (basic auth), at most one 1-byte
+            # ranged GET: the supernode's check of the other hosts' credentials (one
+            # credential shared by the hosts: cached)
+            assert pp is not None and pp["requests"] <= 2, (layer, pp)
+            assert pp["bytes"] == size + pp["requests"] - 1, (layer, pp)
         assert front.with_authorization == 0
         assert all("authorization" not in h for h in stats["header_hashes"])
 
