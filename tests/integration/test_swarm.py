@@ -7,9 +7,11 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import time
 import urllib.error
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,32 +117,26 @@ def test_four_peers_origin_once_most_bytes_from_peers(procs: Procs, tmp_path: Pa
         assert sorted(os.listdir(p.out_dir)) == ["file.bin"]
 
 
+def start_evil_peer(procs: Procs, tmp_path: Path, sn: str, url: str, *flags: str) -> Any:
+    """tests/support/evil_peer.py as a holder of every piece of ``url``; its ready record."""
+    ready = tmp_path / f"evil{len(flags)}.ready"
+    procs.start(
+        f"evil{len(flags)}",
+        [sys.executable, "-m", "tests.support.evil_peer", "--supernode", sn, "--url", url,
+         "--ready-file", str(ready), *flags],
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    return wait_until(lambda: ready.exists() and json.loads(ready.read_text()), what="evil peer")
+
+
 def test_corrupting_peer_is_isolated_and_outputs_stay_correct(
     procs: Procs, tmp_path: Path, random_file
 ):  # type: ignore[no-untyped-def]
-    import sys
-
     src = random_file(tmp_path / "www", "f.bin", 40 * MiB)
     origin = start_origin(procs, tmp_path / "www")
     sn = start_supernode(procs, tmp_path / "sn")
     url = origin.url("f.bin")
-    ready = tmp_path / "evil.ready"
-    procs.start(
-        "evil",
-        [
-            sys.executable,
-            "-m",
-            "tests.support.evil_peer",
-            "--supernode",
-            sn.addr,
-            "--url",
-            url,
-            "--ready-file",
-            str(ready),
-        ],
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    evil = wait_until(lambda: ready.exists() and json.loads(ready.read_text()), what="evil peer")
+    evil = start_evil_peer(procs, tmp_path, sn.addr, url)
     peers = [Peer(procs, tmp_path, f"peer{i}") for i in range(6)]
     runs = [p.start(url, sn.addr) for p in peers]
     for p, r in zip(peers, runs, strict=True):
@@ -158,20 +154,11 @@ def test_stalling_peer_is_timed_out_avoided_and_outputs_stay_correct(
     """A holder that sends the first 64 KiB of a piece and then nothing: each download times the
     piece out (the engine's stall timeout), fetches it elsewhere, and the supernode stops naming
     that peer; every output is right."""
-    import sys
-
     src = random_file(tmp_path / "www", "f.bin", 24 * MiB)
     origin = start_origin(procs, tmp_path / "www")
     sn = start_supernode(procs, tmp_path / "sn")
     url = origin.url("f.bin")
-    ready = tmp_path / "slow.ready"
-    procs.start(
-        "slow",
-        [sys.executable, "-m", "tests.support.evil_peer", "--supernode", sn.addr, "--url", url,
-         "--ready-file", str(ready), "--stall"],
-        cwd=Path(__file__).resolve().parents[2],
-    )  # fmt: skip
-    slow = wait_until(lambda: ready.exists() and json.loads(ready.read_text()), what="slow peer")
+    slow = start_evil_peer(procs, tmp_path, sn.addr, url, "--stall")
     peers = [Peer(procs, tmp_path, f"peer{i}") for i in range(3)]
     runs = [p.start(url, sn.addr) for p in peers]
     for p, r in zip(peers, runs, strict=True):
