@@ -2,10 +2,17 @@
 
 The engine's ``Download`` writes verified pieces into the task's data file and calls
 ``on_piece`` after each; ``PieceFeed`` turns that into the length of the contiguous verified
-prefix, and ``SwarmStream`` sends that prefix, in order, as it grows. The blob's sha256 is computed
-along the way. The last bytes are held back until the whole body is verified — the digest in the
-URL when there is one, and the download's own whole-file check in every case — so a client never
-receives a complete body with wrong content: on a mismatch the connection is aborted instead.
+prefix, and ``SwarmStream`` sends that prefix, in order, as it grows, reading the next chunk (and
+hashing it) while the previous one drains to the client. The blob's sha256 is computed along the
+way. The last bytes are held back until the whole body is verified — the digest in the URL when
+there is one, and the download's own check in every case — so a client never receives a complete
+body with wrong content: on a mismatch the connection is aborted and the local copy dropped.
+
+The digest in the URL is checked here, on the very bytes sent, so the download is not also told
+to hash its data file against it (``Download.url_sha256`` cleared): it checks the pieces against
+the supernode's digests as any download does, and the bytes are hashed once more, not twice —
+on a busy host that third pass over every byte (plus reading the data file back from disk, since
+pieces are written with O_DIRECT) was a large share of a pull's CPU (docs/benchmarks.md).
 
 If the download fails before any byte was sent, the caller falls back (``SwarmFailed``); once
 bytes were sent nothing can be taken back, so a failure aborts the connection.
@@ -35,7 +42,8 @@ from damselfly.peer.tasks import TaskOwner, drain
 
 log = logging.getLogger("damselfly.dfdaemon.stream")
 
-CHUNK = 1024 * 1024
+#: bytes read (and hashed) per step; one step is read ahead while the previous one is sent
+CHUNK = 2 * 1024 * 1024
 
 
 def contiguous_prefix(
@@ -108,7 +116,11 @@ class SwarmStream:
         self.feed = PieceFeed()
         if download is None:
             assert svc is not None
-            download = Download(svc, req, self._event)
+            dl = Download(svc, req, self._event)
+            if self.expected is not None:
+                dl.url_sha256 = None  # checked here on the bytes sent (see the module docstring)
+            download = dl
+        self.svc = svc
         self.dl: DownloadLike = download
         self.dl.on_piece = self.feed.update
         self.owner = owner
@@ -117,6 +129,7 @@ class SwarmStream:
         self._task: asyncio.Task[DownloadResult] | None = None
         self._fd = -1
         self._fd_path = ""
+        self._bad_digest = False
 
     def _event(self, ev: dict[str, object]) -> None:
         if ev.get("event") == "log":
@@ -137,6 +150,8 @@ class SwarmStream:
             if not self._task.done():
                 await drain(self._task)  # the client went away: stop downloading for it
             await asyncio.to_thread(self._cleanup)
+            if self._bad_digest:
+                await self._drop_local_copy()
             self.on_end()
 
     async def _respond(
@@ -159,26 +174,63 @@ class SwarmStream:
         await resp.prepare(request)
         hasher = hashlib.sha256()
         sent = 0
-        while sent < length:
-            end, path = await self._available()
-            if end is None:
-                return self._cut(request, resp, "the swarm download failed after the body started")
-            end = min(end, length)
-            if end <= sent:
-                continue
-            n = min(CHUNK, end - sent)
-            data = await asyncio.to_thread(self._read_hash, path, sent, n, hasher)
-            if len(data) != n:
-                return self._cut(request, resp, "the local copy is shorter than announced")
-            if sent + n >= length and not await self._verified(hasher):
-                return self._cut(request, resp, "the body failed its verification")
-            await resp.write(data)
-            sent += n
-            self.stats.sent = sent
+        ahead: asyncio.Future[tuple[bytes, int]] | None = None  # the next chunk: read, hashed
+        try:
+            while sent < length:
+                if ahead is None:
+                    end, path = await self._available()
+                    if end is None:
+                        return self._cut(
+                            request, resp, "the swarm download failed after the body started"
+                        )
+                    ahead = self._read_ahead(path, sent, min(end, length), hasher)
+                    if ahead is None:
+                        continue
+                data, n = await ahead
+                ahead = None
+                if len(data) != n:
+                    return self._cut(request, resp, "the local copy is shorter than announced")
+                if sent + n >= length:
+                    if not await self._verified(hasher):
+                        return self._cut(request, resp, "the body failed its verification")
+                else:
+                    # the next chunk, if it is there already, is read while this one is sent
+                    end, path = self._ready_now()
+                    ahead = self._read_ahead(path, sent + n, min(end, length), hasher)
+                await resp.write(data)
+                sent += n
+                self.stats.sent = sent
+        finally:
+            if ahead is not None:  # a worker thread reads with our descriptor: let it finish
+                await asyncio.wait([ahead])
         if length == 0 and not await self._verified(hasher):
             return self._cut(request, resp, "the body failed its verification")
         await resp.write_eof()
         return resp
+
+    def _read_ahead(
+        self, path: str, offset: int, end: int, hasher: hashlib._Hash
+    ) -> asyncio.Future[tuple[bytes, int]] | None:
+        """Start reading (and hashing) bytes from ``offset`` up to ``end`` (at most ``CHUNK``) in
+        a worker thread: (the bytes, how many were asked for); None when there is nothing to
+        read yet."""
+        if end <= offset:
+            return None
+        n = min(CHUNK, end - offset)
+
+        def read() -> tuple[bytes, int]:
+            return self._read_hash(path, offset, n, hasher), n
+
+        return asyncio.ensure_future(asyncio.to_thread(read))
+
+    def _ready_now(self) -> tuple[int, str]:
+        """How far the body can be read right now, without waiting (0 when unknown)."""
+        assert self._task is not None
+        if self._task.done():
+            ok = not self._task.cancelled() and self._task.exception() is None
+            return (1 << 62, self.req.output) if ok and self._task.result().ok else (0, "")
+        td = self.feed.td
+        return (self.feed.prefix, str(td.path)) if td is not None else (0, "")
 
     async def _available(self) -> tuple[int | None, str]:
         """How far the body can be read now (waits for progress), and from which file."""
@@ -199,6 +251,7 @@ class SwarmStream:
         assert self._task is not None
         got = hasher.hexdigest()
         if self.expected is not None and got != self.expected:
+            self._bad_digest = True
             log.warning(
                 "blob %s: sha256 of the streamed body is %s, the URL says %s; cutting the "
                 "response off",
@@ -215,6 +268,17 @@ class SwarmStream:
             return False
         self.stats.verified = True
         return True
+
+    async def _drop_local_copy(self) -> None:
+        """After a digest mismatch: forget the engine's copy of the task, so that the next pull
+        of this blob starts clean instead of streaming the same wrong bytes (not while another
+        download of it holds the copy open)."""
+        if self.svc is None:
+            return
+        td = self.svc.store.tasks.get(self.dl.tid)
+        if td is not None and td.active == 0:
+            log.warning("task %s: dropping the local copy that failed its digest", self.dl.tid[:12])
+            await self.svc.store.remove(self.dl.tid)
 
     def _cut(
         self, request: web.BaseRequest, resp: web.StreamResponse, why: str

@@ -15,9 +15,16 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import RawTestServer
 
+from damselfly.core.clock import MonotonicClock
 from damselfly.core.pieces import PiecePlan
-from damselfly.dfdaemon.stream import PieceFeed, SwarmFailed, SwarmStream, contiguous_prefix
-from damselfly.peer.download import DownloadResult
+from damselfly.dfdaemon.stream import (
+    CHUNK,
+    PieceFeed,
+    SwarmFailed,
+    SwarmStream,
+    contiguous_prefix,
+)
+from damselfly.peer.download import Download, DownloadResult, Services
 from damselfly.peer.request import DownloadRequest
 from damselfly.peer.store import TaskData
 from damselfly.peer.tasks import TaskOwner
@@ -182,3 +189,59 @@ async def test_empty_blob(tmp_path: Path) -> None:
     async with RawTestServer(make_handler(fake, blob_url(b""), [])) as srv:
         async with aiohttp.ClientSession() as s, s.get(srv.make_url("/b")) as r:
             assert r.status == 200 and await r.read() == b""
+
+
+async def test_a_body_of_many_chunks_streams_whole_and_in_order(tmp_path: Path) -> None:
+    # several read-ahead steps, pieces arriving while earlier chunks are still being sent
+    body = os.urandom(3 * CHUNK + 5 * PIECE + 11)
+    fake = FakeDownload(tmp_path, body, str(tmp_path / "out"))
+    async with RawTestServer(make_handler(fake, blob_url(body), [])) as srv:
+        async with aiohttp.ClientSession() as s, s.get(srv.make_url("/b")) as r:
+            got = bytearray()
+            for _ in range(fake.td.plan.count):
+                fake.steps.put_nowait(None)
+                await asyncio.sleep(0)
+                got += await r.content.read(PIECE // 2)
+            got += await r.content.read()
+            assert got == body
+
+
+async def test_a_wrong_digest_on_a_body_of_many_chunks_cuts_it(tmp_path: Path) -> None:
+    body = os.urandom(2 * CHUNK + 3 * PIECE)
+    fake = FakeDownload(tmp_path, body, str(tmp_path / "out"))
+    for _ in range(fake.td.plan.count):
+        fake.steps.put_nowait(None)
+    async with RawTestServer(make_handler(fake, blob_url(body[:-1] + b"x"), [])) as srv:
+        async with aiohttp.ClientSession() as s, s.get(srv.make_url("/b")) as r:
+            got = bytearray()
+            with pytest.raises(aiohttp.ClientPayloadError):
+                async for chunk in r.content.iter_any():
+                    got += chunk
+            assert len(got) < len(body) and got == body[: len(got)]
+
+
+def test_the_stream_checks_the_url_digest_itself_so_the_download_does_not(
+    tmp_path: Path,
+) -> None:
+    """The blob's digest is verified on the bytes sent (the tests above); the engine's download
+    is not asked to hash its data file against it a second time."""
+    svc = Services(
+        session=None,  # type: ignore[arg-type]
+        supernodes=None,  # type: ignore[arg-type]
+        store=None,  # type: ignore[arg-type]
+        total_limiter=None,  # type: ignore[arg-type]
+        clock=MonotonicClock(),
+        peer_id="p",
+        peer_port=1,
+    )
+    owner = TaskOwner("test")
+    body = b"layer"
+    with_digest = SwarmStream(svc, DownloadRequest(url=blob_url(body), output="o"), owner)
+    assert with_digest.expected == hashlib.sha256(body).hexdigest()
+    assert isinstance(with_digest.dl, Download)
+    assert with_digest.dl.url_sha256 is None
+    # ... an attribute the download itself uses: on its own it takes the digest from the URL
+    alone = Download(svc, DownloadRequest(url=blob_url(body), output="o"), lambda _e: None)
+    assert alone.url_sha256 == with_digest.expected
+    plain = SwarmStream(svc, DownloadRequest(url="http://h/file.bin", output="o"), owner)
+    assert plain.expected is None and isinstance(plain.dl, Download)
