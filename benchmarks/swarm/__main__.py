@@ -180,8 +180,10 @@ NOTES = [
     "aria2c's seeder holds the file before the clock starts (the origin sends nothing for it), "
     "while Damselfly's supernode starts with a cold cache and fetches from the origin during the "
     "run. aria2c uses 256 KiB pieces, DHT/PEX/LPD off, and every leecher keeps seeding; "
-    "Damselfly cuts 100 MiB into 25 pieces of 4 MiB (v1's rule), and a peer can pass a piece on "
-    "only once it holds all of it and has verified it.",
+    "Damselfly cuts 100 MiB into 100 pieces of 1 MiB (the supernode's default piece sizes, "
+    "core/pieces.py; v1's rule would give 25 of 4 MiB), and a peer can pass a piece on only once "
+    "it holds all of it and has verified it. Each peer host's engine (`dfget server`) runs before "
+    "the clock, as on a fleet; each dfget process, Python start-up included, is timed.",
     "CPU s = CPU seconds of the method's own processes (clients, engines, supernode or seeder and "
     "tracker); machine busy = share of both cores busy during the method, whoever used them. "
     "Every host uploading at once with a trivial sender gets ~98–99% of the configured rates, so "
