@@ -14,6 +14,11 @@ time allocating and copying chunks.
   ``connect`` (``timeout`` when connecting takes too long).
 - Received bytes are charged to the rate limiters in blocks of ``PACE_BLOCK`` (and at the end);
   a limiter in debt pauses reading until the debt is paid (the socket buffers absorb the rest).
+- While a body streams in, the socket's ``SO_RCVLOWAT`` makes the kernel wake the event loop only
+  once ``WAKE_BYTES`` have arrived (or the rest of the piece, or EOF): on a paced link, where bytes
+  arrive a packet at a time, that is one Python wake-up per 64 KiB instead of one per packet
+  (docs/benchmarks.md, swarm section: the engines' CPU bound the swarm). Bytes waiting below the
+  mark still count as progress for the stall detector (``FIONREAD``).
 - Connections are kept alive and reused per (host, port); an idle one the server closed meanwhile
   is replaced once, transparently, and one with unsolicited bytes waiting is dropped.
   ``close()`` closes the idle ones.
@@ -37,6 +42,7 @@ import fcntl
 import ipaddress
 import mmap
 import re
+import socket
 import ssl
 import termios
 from collections.abc import Mapping
@@ -52,6 +58,9 @@ MAX_HEAD = 16 * 1024
 PACE_BLOCK = 64 * 1024
 #: with a rate limit, read at most this much at once (smooth pacing)
 PACED_READ = 256 * 1024
+#: an unpaced body wakes the event loop once this many bytes are waiting (SO_RCVLOWAT)
+WAKE_BYTES = 64 * 1024
+_SO_RCVLOWAT = getattr(socket, "SO_RCVLOWAT", None)
 CONNECT_TIMEOUT = 5.0
 #: idle keep-alive connections kept per (host, port), and for how long
 MAX_IDLE_PER_HOST = 8
@@ -155,6 +164,8 @@ class _Conn(asyncio.BufferedProtocol):
         self.paused: asyncio.TimerHandle | None = None
         self.idle_since = 0.0
         self._sink = bytearray(256)
+        self.lowat = 1  # the socket's SO_RCVLOWAT now
+        self.pending_seen = 0  # bytes FIONREAD reported at the last stall check
 
     # -- one request ---------------------------------------------------------------------------
 
@@ -171,6 +182,8 @@ class _Conn(asyncio.BufferedProtocol):
         self.limiters = limiters
         self.paced = any(lim.rate is not None for lim in limiters)
         self.unpaced = 0
+        self.pending_seen = 0
+        self._set_lowat(1)  # the head: whatever arrives
         self.waiter = self.loop.create_future()
         self.last_rx = self.loop.time()
         self.watchdog = self.loop.call_later(stall, self._check_stall)
@@ -182,15 +195,7 @@ class _Conn(asyncio.BufferedProtocol):
         announced would otherwise be read as the head of the next one)."""
         if self.state != _IDLE or self.transport is None or self.transport.is_closing():
             return False
-        sock = self.transport.get_extra_info("socket")
-        if sock is None:
-            return False
-        pending = array.array("i", [0])
-        try:
-            fcntl.ioctl(sock.fileno(), termios.FIONREAD, pending)
-        except OSError:
-            return False
-        return pending[0] == 0
+        return self._pending() == 0
 
     @property
     def answered(self) -> bool:
@@ -236,11 +241,44 @@ class _Conn(asyncio.BufferedProtocol):
         if self.state not in (_HEAD, _BODY):
             return
         now = self.loop.time()
+        pending = self._pending()
+        if pending > self.pending_seen:  # bytes arrived, below the wake-up mark: progress
+            self.pending_seen = pending
+            self.last_rx = now
         if self.paused is None and now - self.last_rx >= self.stall:
             self.fail("timeout", f"the source sent nothing for {self.stall:g}s (it stalled)")
             return
         due = now + self.stall if self.paused is not None else self.last_rx + self.stall
         self.watchdog = self.loop.call_at(due, self._check_stall)
+
+    def _pending(self) -> int:
+        """Bytes waiting in the socket; -1 when that cannot be known."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return -1
+        n = array.array("i", [0])
+        try:
+            fcntl.ioctl(sock.fileno(), termios.FIONREAD, n)
+        except OSError:
+            return -1
+        return n[0]
+
+    def _set_lowat(self, n: int) -> None:
+        """Wake the event loop only once ``n`` bytes are waiting (EOF and errors always wake)."""
+        if n == self.lowat or _SO_RCVLOWAT is None or self.transport is None:
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is None or self.transport.get_extra_info("sslcontext") is not None:
+            return  # TLS: the transport reads records, not our bytes
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RCVLOWAT, n)
+            self.lowat = n
+        except OSError:
+            pass  # an odd socket: default wake-ups
+
+    def _body_lowat(self) -> None:
+        if not self.paced and self.body is not None and self.size > self.got:
+            self._set_lowat(min(WAKE_BYTES, self.size - self.got))
 
     # -- pacing --------------------------------------------------------------------------------
 
@@ -283,10 +321,13 @@ class _Conn(asyncio.BufferedProtocol):
         self.last_rx = self.loop.time()
         if self.state == _BODY:
             self.got += nbytes
+            self.pending_seen = 0
             if self.paced:
                 self._pace(nbytes)
             if self.got >= self.size:
                 self._done()
+            elif self.size - self.got < self.lowat:
+                self._body_lowat()  # less than the mark is left of the piece
         elif self.state == _HEAD:
             self.head_len += nbytes
             try:
@@ -318,6 +359,8 @@ class _Conn(asyncio.BufferedProtocol):
             self._pace(extra)
         if self.got >= self.size:
             self._done()
+        else:
+            self._body_lowat()
 
     def eof_received(self) -> bool:
         if self.state in (_HEAD, _BODY):

@@ -400,3 +400,55 @@ async def test_a_limiter_in_debt_pauses_reading_until_paid() -> None:
     assert t.reading
     feed(conn, bytes(size - 2 * PACE_BLOCK), [PACE_BLOCK] * 6)
     assert waiter.done() and round(lim.bucket.tokens) == 100_000 - size
+
+
+async def test_a_trickling_body_wakes_the_loop_per_64k_not_per_packet(
+    serve: Serve, client: PieceClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SO_RCVLOWAT: 512 KiB sent 1 KiB at a time arrive in a handful of reads."""
+    body = bytes(range(256)) * 4 * 512  # 512 KiB
+    calls = 0
+    real = _Conn.buffer_updated
+
+    def counting(self: _Conn, nbytes: int) -> None:
+        nonlocal calls
+        calls += 1
+        real(self, nbytes)
+
+    monkeypatch.setattr(_Conn, "buffer_updated", counting)
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        w.write(ok_head(len(body)))
+        for off in range(0, len(body), 1024):
+            w.write(body[off : off + 1024])
+            await w.drain()
+            if off % 8192 == 0:
+                await asyncio.sleep(0.001)  # separate segments, as a paced link delivers them
+        await r.read()
+
+    port = await serve(script)
+    buf = bytearray(len(body))
+    await client.get_into("127.0.0.1", port, "/p", memoryview(buf), 5.0)
+    assert bytes(buf) == body
+    assert calls <= 20, calls  # ~8 marks of 64 KiB plus the head (65 without the mark, here)
+
+
+async def test_a_slow_trickle_below_the_wake_mark_is_not_a_stall(
+    serve: Serve, client: PieceClient
+) -> None:
+    """Bytes waiting under the mark count as progress: no false stall timeout."""
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        w.write(ok_head(len(BODY)))
+        for off in range(0, len(BODY), 2048):
+            w.write(BODY[off : off + 2048])
+            await w.drain()
+            await asyncio.sleep(0.1)  # 16 KiB over ~0.8 s, under a 0.35 s stall limit
+        await r.read()
+
+    port = await serve(script)
+    buf = bytearray(len(BODY))
+    await client.get_into("127.0.0.1", port, "/p", memoryview(buf), 0.35)
+    assert bytes(buf) == BODY
