@@ -2,8 +2,12 @@
 
 It owns which tasks are private, the origin access checks (one ``GET`` with ``Range: bytes=0-0``
 and the registering peer's own headers; cached briefly by ``core.access.CheckCache`` and single-
-flighted: concurrent identical checks share one origin request), the grant signer, and the grants
-it handed out (renewed by schedule answers past half their life).
+flighted: concurrent checks of one scope and credential share one origin request), the grant
+signer, and the grants it handed out (renewed by schedule answers past half their life).
+
+- A check answers for its *scope* (``core.access.access_scope``): all blobs and manifests of one
+  registry repository, or else the exact URL. The request itself is always for the peer's own
+  URL, so a peer is never let in on the strength of another repository's check.
 
 - A task turns private at the first registration (or preheat) whose headers carry credentials,
   and stays private: the set is kept in ``home/private-tasks`` (task ids only, no secret), so a
@@ -12,7 +16,9 @@ it handed out (renewed by schedule answers past half their life).
   peer passes only when the origin answers anonymous requests (then the content is public).
 - The registration that finds a private task unknown to the CDN needs no separate check: it
   ``claim``s the task and the CDN's fetch, started with its own headers, is its check (its
-  outcome is ``record``ed like a check's). Later registrations are checked.
+  outcome is ``record``ed like a check's) — unless the cache already answers for its scope and
+  credentials (a refused credential is not sent to the origin again). Later registrations are
+  checked.
 - The piece port serves a task without a grant only when the task is known public in this
   process (registered without credentials since it started); private or not yet registered:
   a valid grant is required.
@@ -72,7 +78,8 @@ class AccessControl:
         self.signer = GrantSigner(wall_clock, grant_ttl)
         self._private: set[str] = set()
         self._public: set[str] = set()
-        self._inflight: dict[bytes, asyncio.Future[CheckResult]] = {}
+        # scope key → (the URL checked, its outcome to come)
+        self._inflight: dict[bytes, tuple[str, asyncio.Future[CheckResult]]] = {}
         self._grants: dict[tuple[str, str], int] = {}  # (task, peer) → expiry of its grant
         self._claims: set[str] = set()  # tasks whose first fetch is some registration's check
         self.checks = 0  # origin requests made for checks (the rest came from the cache)
@@ -141,10 +148,12 @@ class AccessControl:
 
     # -- origin checks ---------------------------------------------------------------------------
 
-    def claim(self, tid: str) -> bool:
+    def claim(self, tid: str, url: str, headers: Mapping[str, str]) -> bool:
         """Let the caller's CDN fetch of a task new to the CDN stand for its check (True), unless
-        another registration claimed it first; ``unclaim`` when that fetch answered."""
-        if tid in self._claims:
+        another registration claimed it first or the cache already answers for the caller's
+        scope and credentials (a refusal then costs the origin nothing); ``unclaim`` when that
+        fetch answered."""
+        if tid in self._claims or self.cache.get(self.cache.key(url, headers)) is not None:
             return False
         self._claims.add(tid)
         return True
@@ -153,7 +162,7 @@ class AccessControl:
         self._claims.discard(tid)
 
     def record(self, url: str, headers: Mapping[str, str], allowed: bool, status: int) -> None:
-        """The outcome of a fetch that stood for a check, remembered as one."""
+        """The outcome of a fetch that stood for a check, remembered as one (for its scope)."""
         self.cache.put(self.cache.key(url, headers), CheckResult(allowed, status))
 
     def refused(self) -> OriginAuthError:
@@ -162,34 +171,59 @@ class AccessControl:
 
     async def admit(self, tid: str, url: str, headers: Mapping[str, str]) -> None:
         """Let a peer into private task ``tid`` if its own ``headers`` open ``url`` at the
-        origin; else OriginAuthError (403), OriginNotFound or OriginError."""
-        key = self.cache.key(url, headers)
-        result = self.cache.get(key)
-        if result is None:
-            fut = self._inflight.get(key)
-            if fut is None:
-                fut = asyncio.get_running_loop().create_future()
-                self._inflight[key] = fut
-                try:
-                    result = await self._check(url, headers)
-                except BaseException as e:
-                    if not fut.done():
-                        fut.set_exception(
-                            e
-                            if isinstance(e, Exception)
-                            else OriginError("the access check was interrupted", "try again")
-                        )
-                        fut.exception()  # retrieved: the waiters (if any) get it too
-                    raise
-                else:
-                    self.cache.put(key, result)
-                    fut.set_result(result)
-                finally:
-                    self._inflight.pop(key, None)
-            else:
-                result = await asyncio.shield(fut)
+        origin (or, within the cache's life, another URL of the same scope); else
+        OriginAuthError (403), OriginNotFound or OriginError."""
+        result = await self._result(self.cache.key(url, headers), url, headers, rejoin=True)
         if not result.allowed:
             raise self.refused()
+
+    async def _result(
+        self, key: bytes, url: str, headers: Mapping[str, str], rejoin: bool
+    ) -> CheckResult:
+        """The cached answer for ``key``, or the running check's, or a new check of ``url``."""
+        result = self.cache.get(key)
+        if result is not None:
+            return result
+        flight = self._inflight.get(key)
+        if flight is None:
+            return await self._lead(key, url, headers)
+        first, fut = flight
+        try:
+            return await asyncio.shield(fut)
+        except Exception:
+            if first == url:
+                raise
+            # an error is about the URL that was asked (404: that blob is missing; 5xx), not
+            # about the scope: this URL is asked for (sharing a check once more at most)
+            if rejoin:
+                return await self._result(key, url, headers, rejoin=False)
+            return await self._lead(key, url, headers)
+
+    async def _lead(self, key: bytes, url: str, headers: Mapping[str, str]) -> CheckResult:
+        """Check ``url`` at the origin; checks of the same key arriving meanwhile wait for this
+        one (unless one is already running: then this one runs unshared)."""
+        fut: asyncio.Future[CheckResult] = asyncio.get_running_loop().create_future()
+        shared = key not in self._inflight
+        if shared:
+            self._inflight[key] = (url, fut)
+        try:
+            result = await self._check(url, headers)
+        except BaseException as e:
+            if not fut.done():
+                fut.set_exception(
+                    e
+                    if isinstance(e, Exception)
+                    else OriginError("the access check was interrupted", "try again")
+                )
+                fut.exception()  # retrieved: the waiters (if any) get it too
+            raise
+        else:
+            self.cache.put(key, result)
+            fut.set_result(result)
+            return result
+        finally:
+            if shared:  # only its leader removes a flight: nobody replaced it meanwhile
+                del self._inflight[key]
 
     async def _check(self, url: str, headers: Mapping[str, str]) -> CheckResult:
         self.checks += 1

@@ -436,7 +436,7 @@ class Supernode:
         for a peer whose own headers open the URL (supernode/access.py)."""
         if not self.access.classify(tid, req.headers):
             return await self.cdn.ensure(tid, req.url, req.headers)
-        if self.cdn.get(tid) is not None or not self.access.claim(tid):
+        if self.cdn.get(tid) is not None or not self.access.claim(tid, req.url, req.headers):
             await self.access.admit(tid, req.url, req.headers)  # cached, single-flighted
             return await self.cdn.ensure(tid, req.url, req.headers)
         # new to the CDN: its fetch starts now with this peer's headers and is its check
