@@ -265,8 +265,10 @@ insecure = true
 def pull_via_mirror(
     reg: Registry, mirror_port: int, repo: str, dest: Path, tmp: Path, creds: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
+    # one file per pull: pulls running at once must not read each other's half-written file
+    # (skopeo then sees no mirror and goes to the registry itself)
     conf = registries_conf(
-        tmp / f"registries-{mirror_port}.conf", reg.addr, f"127.0.0.1:{mirror_port}"
+        tmp / f"registries-{mirror_port}-{dest.name}.conf", reg.addr, f"127.0.0.1:{mirror_port}"
     )
     args = ["--registries-conf", str(conf), "copy", "--src-tls-verify=false"]
     if creds is not None:
