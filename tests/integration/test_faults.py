@@ -16,7 +16,7 @@ import random
 import signal
 import subprocess
 import urllib.error
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,15 +95,26 @@ def write_random(path: Path, size: int, seed: int) -> bytes:
     return data
 
 
-def replace_at_origin(path: Path, size: int, seed: int, scratch: Path) -> bytes:
-    """New content at ``path`` in one atomic rename (what a real origin publishing a new version
-    does: a request already being answered keeps the old file, the next one sees the new), with
-    a modification time, hence an ETag, surely different."""
+def stage_replacement(
+    path: Path, size: int, seed: int, scratch: Path
+) -> tuple[bytes, Callable[[], None]]:
+    """New content for ``path``, written now in ``scratch`` with a modification time, hence an
+    ETag, surely different; the call returned publishes it in one atomic rename (what a real
+    origin publishing a new version does: a request already being answered keeps the old file,
+    the next one sees the new). Staged ahead, the change lands the moment a test asks for it:
+    writing megabytes of random bytes first takes seconds on a loaded machine, enough for a
+    download meant to be caught mid-way to finish the old version."""
     old_mtime = path.stat().st_mtime_ns
     tmp = scratch / f".{path.name}.new"
     data = write_random(tmp, size, seed)
     os.utime(tmp, ns=(old_mtime + 7_000_000_000, old_mtime + 7_000_000_000))
-    os.replace(tmp, path)
+    return data, lambda: os.replace(tmp, path)
+
+
+def replace_at_origin(path: Path, size: int, seed: int, scratch: Path) -> bytes:
+    """``stage_replacement`` published at once."""
+    data, publish = stage_replacement(path, size, seed, scratch)
+    publish()
     return data
 
 
@@ -117,15 +128,36 @@ def assert_clean_failure(code: int, out: str) -> None:
     assert "Traceback" not in out, out
 
 
-def assert_only_whole_outputs(out_dir: Path, allowed: set[str]) -> list[str]:
-    """Nothing but finished outputs in ``out_dir`` (no temp file), each one whole version."""
+def assert_only_whole_outputs(
+    out_dir: Path, allowed: set[str], versions: dict[str, bytes] | None = None
+) -> list[str]:
+    """Nothing but finished outputs in ``out_dir`` (no temp file), each one whole version.
+    ``versions`` (name → content) only makes a failure say what the output is instead."""
     seen = []
     for name in sorted(os.listdir(out_dir)):
         assert not name.startswith("."), f"left behind in {out_dir}: {name}"
         got = sha256(out_dir / name)
-        assert got in allowed, f"{out_dir / name} is no version of the file (mixed or corrupt)"
+        if got not in allowed:
+            pytest.fail(f"{out_dir / name} is {what_is(out_dir / name, versions or {})}")
         seen.append(got)
     return seen
+
+
+def what_is(path: Path, versions: dict[str, bytes]) -> str:
+    """Which known version a file is, whole; else, per MiB, the version each MiB is from
+    (``?``: none of them)."""
+    data = path.read_bytes()
+    for label, content in versions.items():
+        if data == content:
+            return f"the {label} version whole, not one allowed here"
+    marks = "".join(
+        next(
+            (label[0] for label, c in versions.items() if data[i : i + MiB] == c[i : i + MiB]),
+            "?",
+        )
+        for i in range(0, len(data), MiB)
+    )
+    return f"no version of the file (mixed or corrupt; {len(data)} bytes, by MiB: {marks})"
 
 
 # -- a quarter of the peers killed mid-swarm -------------------------------------------------
@@ -253,14 +285,18 @@ def test_origin_replaced_while_the_cdn_fetches(procs: Procs, tmp_path: Path, new
 def test_origin_replaced_while_peers_fetch_ranges_from_it(procs: Procs, tmp_path: Path) -> None:
     """``--cdn-pattern source``: the supernode stores nothing and peers fetch pieces from the
     origin by Range, each with ``If-Range`` set to the version the supernode announced. The file
-    is replaced by another of the same length (new ETag) while three peers are half-way through
-    at 4 MiB/s per connection. Their next Range requests get a 200: they report the piece
-    "changed", the supernode probes the origin again and resets the task, and every peer drops
-    the old pieces and finishes with the new file whole, from the swarm. A peer that starts
-    after the change gets the new file too."""
+    is replaced by another of the same length (new ETag) while three peers are downloading it
+    (4 MiB/s per origin connection, each host at most 2 MiB/s: 12 s at least for the file, so
+    the change lands mid-download however loaded the machine). Their next Range requests get a
+    200: they report the piece "changed", the supernode probes the origin again and resets the
+    task, and every peer drops the old pieces and finishes with the new file whole, from the
+    swarm. A peer that starts after the change gets the new file too."""
     www = tmp_path / "www"
     size = 24 * MiB
     old = write_random(www / "f.bin", size, seed=3)
+    new, publish = stage_replacement(www / "f.bin", size, seed=4, scratch=tmp_path)
+    assert digest(old) != digest(new)
+    both = {"old": old, "new": new}
     origin = start_slow_origin(procs, www, rate=4 * MiB)
     sn = start_supernode(procs, tmp_path / "sn", extra=["--cdn-pattern", "source"])
     url = origin.url("f.bin")
@@ -269,22 +305,35 @@ def test_origin_replaced_while_peers_fetch_ranges_from_it(procs: Procs, tmp_path
         Host(procs, tmp_path / f"h{i}" / "home", tmp_path / f"h{i}" / "out", f"h{i}")
         for i in range(4)
     ]
-    runs = [h.start(url, sn.addr) for h in hosts[:3]]
-    wait_until(lambda: pieces_held(sn, tid) >= 2, timeout=60, what="pieces fetched from the origin")
-    new = replace_at_origin(www / "f.bin", size, seed=4, scratch=tmp_path)
+    runs = [h.start(url, sn.addr, "--locallimit", "2M") for h in hosts[:3]]
+    wait_until(
+        lambda: peers_on(sn, tid) == 3 and pieces_held(sn, tid) >= 2,
+        timeout=60,
+        what="3 peers registered, pieces fetched from the origin",
+    )
+    publish()
     origin.control(drop_active=True)
-    assert digest(old) != digest(new)
     for h, r in zip(hosts[:3], runs, strict=True):
         code, out = h.finish(r)
         assert code == 0, out
         m = SUCCESS_RE.search(out)
         assert m and m.group(3) == "0", out  # the swarm moved to the new version (no fallback)
-        assert assert_only_whole_outputs(h.out_dir, {digest(new)}) == [digest(new)]
+        assert assert_only_whole_outputs(h.out_dir, {digest(new)}, both) == [digest(new)]
+        # caught mid-download: told the new version, it dropped the old one's pieces
+        assert "the file changed at the origin" in (h.home / "logs" / "engine.log").read_text()
     late = hosts[3]
     code, out = late.finish(late.start(url, sn.addr))
     assert code == 0, out
-    assert assert_only_whole_outputs(late.out_dir, {digest(new)}) == [digest(new)]
+    assert assert_only_whole_outputs(late.out_dir, {digest(new)}, both) == [digest(new)]
     assert "changed at the origin; starting over" in sn.proc.output()
+
+
+def peers_on(sn: SupernodeHandle, tid: str) -> int:
+    """Peers the supernode counts on the task."""
+    try:
+        return len(sn.api(f"/api/v1/tasks/{tid}").get("peers", []))
+    except urllib.error.HTTPError:
+        return 0
 
 
 def pieces_held(sn: SupernodeHandle, tid: str, peer_id: str = "") -> int:

@@ -30,6 +30,7 @@ import re
 import sys
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -100,7 +101,20 @@ class Origin:
         path = self._file(rel)
         if path is None:
             return web.Response(status=404, text="not found\n")
-        st = path.stat()
+        try:
+            f = path.open("rb")
+        except OSError:
+            return web.Response(status=404, text="not found\n")
+        # headers and body from one open file, like real origins: a request being answered
+        # keeps the version it named, whatever is renamed over the path meanwhile
+        with f:
+            return await self._send(request, f, pp)
+
+    async def _send(
+        self, request: web.Request, f: BinaryIO, pp: dict[str, int]
+    ) -> web.StreamResponse:
+        gen = self.drop_gen  # a body of this request is cut by any "drop_active" from now on
+        st = os.fstat(f.fileno())
         etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
         last_mod = formatdate(st.st_mtime, usegmt=True)
         headers = {} if self.no_validators else {"ETag": etag, "Last-Modified": last_mod}
@@ -145,34 +159,32 @@ class Origin:
         self.gets += 1
         cut = self.cut_after
         self.cut_after = None
-        gen = self.drop_gen
-        with path.open("rb") as f:
-            f.seek(start)
-            left = length
-            while left > 0:
-                chunk = f.read(min(256 * 1024, left))
-                if not chunk:
-                    break
-                if self.drop_gen != gen:
-                    assert request.transport is not None
-                    request.transport.abort()  # cut by "drop_active"
-                    return resp
-                if cut is not None and len(chunk) >= cut:
-                    chunk = chunk[:cut]
-                    await resp.write(chunk)
-                    self.bytes_sent += len(chunk)
-                    pp["bytes"] += len(chunk)
-                    assert request.transport is not None
-                    request.transport.abort()  # a mid-transfer failure
-                    return resp
-                if cut is not None:
-                    cut -= len(chunk)
+        f.seek(start)
+        left = length
+        while left > 0:
+            chunk = f.read(min(256 * 1024, left))
+            if not chunk:
+                break
+            if self.drop_gen != gen:
+                assert request.transport is not None
+                request.transport.abort()  # cut by "drop_active"
+                return resp
+            if cut is not None and len(chunk) >= cut:
+                chunk = chunk[:cut]
                 await resp.write(chunk)
                 self.bytes_sent += len(chunk)
                 pp["bytes"] += len(chunk)
-                left -= len(chunk)
-                if self.rate > 0:
-                    await asyncio.sleep(len(chunk) / self.rate)
+                assert request.transport is not None
+                request.transport.abort()  # a mid-transfer failure
+                return resp
+            if cut is not None:
+                cut -= len(chunk)
+            await resp.write(chunk)
+            self.bytes_sent += len(chunk)
+            pp["bytes"] += len(chunk)
+            left -= len(chunk)
+            if self.rate > 0:
+                await asyncio.sleep(len(chunk) / self.rate)
         await resp.write_eof()
         return resp
 

@@ -54,7 +54,7 @@ from damselfly.peer.fetch import OriginAccess, PieceFetcher, ssl_for
 from damselfly.peer.net import local_ip_for
 from damselfly.peer.output import check_output_dir, check_room, place, same_filesystem
 from damselfly.peer.piececlient import PieceClient
-from damselfly.peer.plan import DownloadPlan
+from damselfly.peer.plan import DownloadPlan, off_version
 from damselfly.peer.request import DownloadRequest, compute_timeout
 from damselfly.peer.snclient import Rejected, SupernodeClient, SupernodeDown, TaskLost
 from damselfly.peer.store import LocalStore, TaskData
@@ -411,6 +411,8 @@ class Download:
             plan, hasher = await self._piece_loop(node, reg, td)
             t1 = self.svc.clock.now()
             try:
+                if versioned:
+                    await self._check_version(node, td, plan)
                 await self._check_whole(td, plan, hasher)
             finally:
                 await hasher.close()
@@ -504,8 +506,9 @@ class Download:
                     plan.drop_local_copy(new_version)
                     self._confirmed.clear()
                     hasher = self._hasher(td, plan)
+                    # the empty copy is of the version the plan now follows (the reset forgot it)
+                    td.origin_version = plan.origin_validator or ""
                     if new_version is not None:
-                        td.origin_version = new_version
                         if not new_version:
                             await svc.supernodes.leave_task(node, reg.task_id, svc.peer_id)
                             raise BackSource(REASON_DOWNLOAD_ERROR, NO_VERSION)
@@ -517,8 +520,10 @@ class Download:
                     raise TaskLost("the file changed size at the origin")
                 self._confirmed.on_assigned(resp.pieces, td.verified_here)
                 for a in decision.fetch:
+                    # tagged with the version the answer that assigned it names (see off_version)
+                    version = plan.origin_validator or ""
                     fetches.spawn(
-                        self._fetch_one(fetcher, plan, td, a, hasher, changed, fatal),
+                        self._fetch_one(fetcher, plan, td, a, version, hasher, changed, fatal),
                         name=f"piece-{a.num}",
                     )
                 if resp.status == STATUS_DONE and not plan.complete and not plan.in_flight:
@@ -565,13 +570,14 @@ class Download:
         plan: DownloadPlan,
         td: TaskData,
         a: PieceAssignment,
+        version: str,
         hasher: PrefixHasher,
         changed: asyncio.Event,
         fatal: list[BaseException],
     ) -> None:
         try:
             async with fetcher.piece(a) as buf:
-                got = await self.svc.store.write_piece(td, a.num, buf, a.digest)
+                got = await self.svc.store.write_piece(td, a.num, buf, a.digest, version)
         except PieceFetchError as e:
             log.info("piece %d from %s failed: %s", a.num, a.source.id, e.message)
             plan.on_piece(a.num, False, e.kind)
@@ -596,6 +602,29 @@ class Download:
             self._progress(plan.held_bytes, plan.pieces.length, force=plan.complete)
         finally:
             changed.set()
+
+    async def _check_version(self, node: Node, td: TaskData, plan: DownloadPlan) -> None:
+        """cdn_pattern "source": the last line of defence against a file mixing two versions
+        (no whole-file digest is known to catch it). Pieces not tied to the version the
+        supernode named last are dropped and the download registers again to fetch them."""
+        version = plan.origin_validator or ""
+        stray = off_version(plan.pieces.count, td.versions, version)
+        if not stray:
+            return
+        log.warning(
+            "task %s: %d piece(s) not tied to version %s of the file (first: %d); dropped",
+            td.task_id[:12],
+            len(stray),
+            version,
+            stray[0],
+        )
+        await self.svc.store.drop_pieces(td, stray)
+        # leaving first: the scheduler must forget that this copy held them
+        await self.svc.supernodes.leave_task(node, td.task_id, self.svc.peer_id)
+        raise TaskLost(
+            f"{len(stray)} piece(s) of the local copy were not of the file's current version; "
+            "fetching them again"
+        )
 
     async def _check_whole(self, td: TaskData, plan: DownloadPlan, hasher: PrefixHasher) -> None:
         exp = expected_digest(self.req.md5, self.url_sha256, plan.file_sha256)

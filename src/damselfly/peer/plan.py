@@ -251,5 +251,18 @@ class DownloadPlan:
         )
 
 
+def off_version(count: int, versions: Mapping[int, str], version: str) -> list[int]:
+    """cdn_pattern "source", before the file is placed: the pieces (of ``count``) not tied to
+    ``version``, the one the supernode names now — held under another version, or under none.
+    The file is placed only when this is empty: its bytes then all come from one version.
+
+    Nothing else can tell two versions apart here: the supernode has no digest of the whole
+    file, and a piece's digest only says it is the bytes reported under the version it was
+    assigned under. So the version travels with each piece, from the answer that assigned it
+    to the store (``TaskData.versions``), and is checked once more at the end, against the
+    last answer's."""
+    return [n for n in range(count) if versions.get(n) != version or not version]
+
+
 def _src_id(a: PieceAssignment) -> str:
     return a.source.id or (ORIGIN if a.source.kind == "origin" else SUPERNODE)

@@ -29,6 +29,7 @@ import logging
 import os
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,11 @@ class TaskData:
     #: cdn_pattern "source": the origin's version (validator) the held pieces belong to; a
     #: download of another version drops them first
     origin_version: str = ""
+    #: cdn_pattern "source": the version each held piece was fetched and verified under (the
+    #: one the supernode named when it assigned the piece; pieces read back from a meta: the
+    #: copy's ``origin_version``). A download places the file only when every piece carries
+    #: the version the supernode names at the end (``plan.off_version``).
+    versions: dict[int, str] = field(default_factory=dict)
     last_used: float = 0.0
     active: int = 0  # downloads using it right now
     nodes: set[str] = field(default_factory=set)  # supernode base URLs that know we hold it
@@ -79,6 +85,8 @@ class TaskData:
     verified_here: dict[int, str] = field(default_factory=dict)
     #: one piece written at a time (see verify_and_write); taken in worker threads only
     write_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: piece writes whose worker thread may still run (see ``LocalStore.write_piece``)
+    writing: set[asyncio.Future[str]] = field(default_factory=set, repr=False)
 
     @property
     def plan(self) -> PiecePlan:
@@ -93,11 +101,18 @@ class TaskData:
         return sum(plan.size(n) for n in self.held if 0 <= n < plan.count)
 
     def meta(self) -> dict[str, object]:
+        # a versioned copy keeps only the pieces of its version: a later run reads every piece
+        # listed as of ``origin_version``
+        held = {
+            n: d
+            for n, d in self.held.items()
+            if not self.origin_version or self.versions.get(n) == self.origin_version
+        }
         return {
             "task_id": self.task_id,
             "length": self.length,
             "piece_size": self.piece_size,
-            "held": {str(n): d for n, d in sorted(self.held.items())},
+            "held": {str(n): d for n, d in sorted(held.items())},
             "file_sha256": self.file_sha256,
             "confirmed_sha256": self.confirmed_sha256,
             "upload": self.upload,
@@ -173,6 +188,21 @@ def _pwrite_direct(dfd: int, view: memoryview, offset: int) -> int:
     return done
 
 
+def _forget_write(td: TaskData) -> Callable[[asyncio.Future[str]], None]:
+    def done(fut: asyncio.Future[str]) -> None:
+        td.writing.discard(fut)
+        if not fut.cancelled():
+            fut.exception()  # retrieved: a write whose caller was cancelled may have failed
+
+    return done
+
+
+async def _quiesce(td: TaskData) -> None:
+    """Wait until no worker thread writes through the task's descriptors any more."""
+    while td.writing:
+        await asyncio.wait(list(td.writing))
+
+
 def _take_fds(td: TaskData) -> tuple[int, int]:
     fds = (td.fd, td.dfd)
     td.fd = td.dfd = -1
@@ -240,6 +270,7 @@ class LocalStore:
             held = {int(k): str(v) for k, v in dict(obj["held"]).items()}
             plan = PiecePlan(length, piece_size)
             held = {n: d for n, d in held.items() if 0 <= n < plan.count}
+            version = str(obj.get("origin_version") or "")
             return TaskData(
                 tid,
                 length,
@@ -250,7 +281,8 @@ class LocalStore:
                 confirmed_sha256=str(obj.get("confirmed_sha256") or ""),
                 upload=bool(obj.get("upload", True)),
                 private=obj.get("private", False) is not False,  # anything odd: private
-                origin_version=str(obj.get("origin_version") or ""),
+                origin_version=version,
+                versions=dict.fromkeys(held, version) if version else {},
             )
         except (OSError, ValueError, KeyError, TypeError):
             for p in (meta_path, data_path):
@@ -319,28 +351,53 @@ class LocalStore:
 
     async def reset(self, td: TaskData) -> None:
         """Drop a stale copy and start an empty one (a new inode: linked outputs keep theirs)."""
-        await self._drop_files(td)
+        # forgotten first: the upload server must not hand out a piece of a file being dropped
         td.held.clear()
+        td.versions.clear()
         td.verified_here.clear()
         td.file_sha256 = ""
         td.confirmed_sha256 = ""
         td.origin_version = ""
+        await self._drop_files(td)
         td.fd, td.dfd = await asyncio.to_thread(self._open_file, td)
 
     async def write_piece(
-        self, td: TaskData, num: int, buf: memoryview | bytearray, digest: str
+        self, td: TaskData, num: int, buf: memoryview | bytearray, digest: str, version: str = ""
     ) -> str:
-        """Verify ``buf`` against ``digest`` and write it, off the loop; then mark it held.
-        Returns the piece's sha256 (computed when no digest was given)."""
+        """Verify ``buf`` against ``digest`` and write it, off the loop; then mark it held,
+        under ``version`` (cdn_pattern "source": the origin's version it was assigned under).
+        Returns the piece's sha256 (computed when no digest was given).
+
+        The write runs to its end in its worker thread even when the caller is cancelled (a
+        thread cannot be stopped), and the data file's descriptors are closed only once every
+        such write has ended (``_quiesce``): a write outliving a reset would otherwise land,
+        through a descriptor number the new data file reused, in the new version's file."""
         start = td.plan.start(num)
-        got = await asyncio.to_thread(
-            verify_and_write, td.fd, buf, start, digest, td.write_lock, td.dfd
+        fut = asyncio.get_running_loop().run_in_executor(
+            None, verify_and_write, td.fd, buf, start, digest, td.write_lock, td.dfd
         )
+        td.writing.add(fut)
+        fut.add_done_callback(_forget_write(td))
+        got = await asyncio.shield(fut)
         td.held[num] = got
+        if version:
+            td.versions[num] = version
+        else:
+            td.versions.pop(num, None)
         if digest:
             td.verified_here[num] = got
         td.last_used = self.clock.now()
         return got
+
+    async def drop_pieces(self, td: TaskData, nums: list[int]) -> None:
+        """Forget pieces held (their bytes stay until rewritten); the meta is saved."""
+        for n in nums:
+            td.held.pop(n, None)
+            td.versions.pop(n, None)
+            td.verified_here.pop(n, None)
+        td.file_sha256 = ""
+        td.confirmed_sha256 = ""
+        await self.save_meta(td)
 
     def touch(self, task_id: str) -> None:
         td = self.tasks.get(task_id)
@@ -353,7 +410,9 @@ class LocalStore:
         td.last_used = self.clock.now()
         await self.save_meta(td)
         if td.active == 0 and td.fd >= 0:
-            await asyncio.to_thread(_close_fds, _take_fds(td))
+            await _quiesce(td)
+            if td.active == 0 and td.fd >= 0:  # (no download took it meanwhile)
+                await asyncio.to_thread(_close_fds, _take_fds(td))
 
     async def save_meta(self, td: TaskData) -> None:
         if self.tasks.get(td.task_id) is not td:
@@ -377,6 +436,7 @@ class LocalStore:
             await self._drop_files(td)
 
     async def _drop_files(self, td: TaskData) -> None:
+        await _quiesce(td)
         fds = _take_fds(td)
         meta = self.dir / (td.task_id + META_SUFFIX)
 
@@ -396,6 +456,7 @@ class LocalStore:
         for td in list(self.tasks.values()):
             await self.save_meta(td)
             if td.fd >= 0:
+                await _quiesce(td)
                 await asyncio.to_thread(_close_fds, _take_fds(td))
 
     def is_private(self, task_id: str) -> bool:
