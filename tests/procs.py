@@ -275,3 +275,51 @@ def engine_status(home: Path, timeout: float = 5.0) -> dict[str, Any] | None:
 
 def dfget_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "damselfly.dfget.cli", *args]
+
+
+class Peer:
+    """One host for tests: its own engine (``--home``, upload ``--port``) and output directory;
+    dfget runs hand their work to that engine, which is tracked so ``stop_all`` stops it."""
+
+    def __init__(
+        self,
+        procs: Procs,
+        root: Path,
+        name: str,
+        *,
+        home: Path | None = None,
+        out_dir: Path | None = None,
+        timeout: float = 120.0,
+    ) -> None:
+        self.procs = procs
+        self.name = name
+        self.home = home if home is not None else root / name / "home"
+        self.out_dir = out_dir if out_dir is not None else root / name / "out"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.timeout = timeout
+        self.runs = 0
+
+    def start(self, url: str, nodes: str, *extra: str, output: str = "file.bin") -> Proc:
+        self.runs += 1
+        args = dfget_cmd(
+            "--url", url, "--output", str(self.out_dir / output), "--node", nodes,
+            "--home", str(self.home), "--port", str(self.port), "--alivetime", "60s", *extra,
+        )  # fmt: skip
+        return self.procs.start(f"{self.name}-dfget{self.runs}", args)
+
+    def finish(self, proc: Proc, timeout: float | None = None) -> tuple[int, str]:
+        """dfget's exit code and output (the test fails if it does not end in time)."""
+        try:
+            code = proc.popen.wait(timeout if timeout is not None else self.timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{proc.name} did not finish:\n{proc.output()}") from None
+        self.track_engine()
+        return code, proc.output()
+
+    def track_engine(self) -> dict[str, Any] | None:
+        """The engine's status (None when none answers); its pid is stopped with the test."""
+        st = engine_status(self.home)
+        if st is not None:
+            self.procs.track_pid(int(st["pid"]))
+        return st

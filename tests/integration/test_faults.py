@@ -27,12 +27,9 @@ from damselfly.core.pieces import MiB
 from tests.procs import (
     SUCCESS_RE,
     OriginHandle,
-    Proc,
+    Peer,
     Procs,
     SupernodeHandle,
-    dfget_cmd,
-    engine_status,
-    free_port,
     sha256,
     start_origin,
     start_supernode,
@@ -42,50 +39,9 @@ from tests.procs import (
 RUN_TIMEOUT = float(os.environ.get("FAULTS_RUN_TIMEOUT", "180"))
 
 
-class Host:
-    """One host: its own engine (--home, upload --port) and output directory."""
-
-    def __init__(self, procs: Procs, home: Path, out_dir: Path, name: str) -> None:
-        self.procs = procs
-        self.name = name
-        self.home = home
-        self.out_dir = out_dir
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.runs = 0
-
-    def start(self, url: str, nodes: str, *extra: str, output: str = "file.bin") -> Proc:
-        self.runs += 1
-        args = dfget_cmd(
-            "--url",
-            url,
-            "--output",
-            str(self.out_dir / output),
-            "--node",
-            nodes,
-            "--home",
-            str(self.home),
-            "--port",
-            str(self.port),
-            "--alivetime",
-            "60s",
-            *extra,
-        )
-        return self.procs.start(f"{self.name}-dfget{self.runs}", args)
-
-    def finish(self, proc: Proc, timeout: float = RUN_TIMEOUT) -> tuple[int, str]:
-        try:
-            code = proc.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{proc.name} did not finish:\n{proc.output()}")
-        self.track_engine()
-        return code, proc.output()
-
-    def track_engine(self) -> dict[str, Any] | None:
-        st = engine_status(self.home)
-        if st is not None:
-            self.procs.track_pid(int(st["pid"]))
-        return st
+def make_host(procs: Procs, home: Path, out_dir: Path, name: str) -> Peer:
+    """One host with its engine's home where the trial wants it (e.g. on a tiny tmpfs)."""
+    return Peer(procs, home.parent, name, home=home, out_dir=out_dir, timeout=RUN_TIMEOUT)
 
 
 def write_random(path: Path, size: int, seed: int) -> bytes:
@@ -176,7 +132,7 @@ def test_a_quarter_of_the_peers_killed_mid_swarm_the_rest_finish(
     url = origin.url("f.bin")
     tid = task_id(url)
     hosts = [
-        Host(procs, tmp_path / f"h{i}" / "home", tmp_path / f"h{i}" / "out", f"h{i}")
+        make_host(procs, tmp_path / f"h{i}" / "home", tmp_path / f"h{i}" / "out", f"h{i}")
         for i in range(8)
     ]
     runs = [h.start(url, sn.addr, "--locallimit", "4M") for h in hosts]
@@ -188,7 +144,7 @@ def test_a_quarter_of_the_peers_killed_mid_swarm_the_rest_finish(
     statuses = wait_until(engines, timeout=60, what="8 engines")
     by_peer = {st["peer_id"]: h for st, h in zip(statuses, hosts, strict=True)}
 
-    def two_uploaders() -> list[Host] | None:
+    def two_uploaders() -> list[Peer] | None:
         try:
             view = sn.api(f"/api/v1/tasks/{tid}")
         except urllib.error.HTTPError:
@@ -247,7 +203,7 @@ def test_origin_replaced_while_the_cdn_fetches(procs: Procs, tmp_path: Path, new
     url = origin.url("f.bin")
     tid = task_id(url)
     hosts = [
-        Host(procs, tmp_path / f"h{i}" / "home", tmp_path / f"h{i}" / "out", f"h{i}")
+        make_host(procs, tmp_path / f"h{i}" / "home", tmp_path / f"h{i}" / "out", f"h{i}")
         for i in range(4)
     ]
     runs = [h.start(url, sn.addr) for h in hosts]
@@ -302,7 +258,7 @@ def test_origin_replaced_while_peers_fetch_ranges_from_it(procs: Procs, tmp_path
     url = origin.url("f.bin")
     tid = task_id(url)
     hosts = [
-        Host(procs, tmp_path / f"h{i}" / "home", tmp_path / f"h{i}" / "out", f"h{i}")
+        make_host(procs, tmp_path / f"h{i}" / "home", tmp_path / f"h{i}" / "out", f"h{i}")
         for i in range(4)
     ]
     runs = [h.start(url, sn.addr, "--locallimit", "2M") for h in hosts[:3]]
@@ -364,8 +320,8 @@ def test_a_peer_holding_old_pieces_from_peers_meets_the_new_version_at_the_origi
     sn = start_supernode(procs, tmp_path / "sn", extra=["--cdn-pattern", "source"])
     url = origin.url("f.bin")
     tid = task_id(url)
-    a = Host(procs, tmp_path / "a" / "home", tmp_path / "a" / "out", "a")
-    c = Host(procs, tmp_path / "c" / "home", tmp_path / "c" / "out", "c")
+    a = make_host(procs, tmp_path / "a" / "home", tmp_path / "a" / "out", "a")
+    c = make_host(procs, tmp_path / "c" / "home", tmp_path / "c" / "out", "c")
     code, out = a.finish(a.start(url, sn.addr))
     assert code == 0, out
     assert assert_only_whole_outputs(a.out_dir, {digest(old)}) == [digest(old)]
@@ -406,8 +362,8 @@ def test_a_reset_drops_the_old_pieces_of_running_peers(procs: Procs, tmp_path: P
     sn = start_supernode(procs, tmp_path / "sn", extra=["--cdn-pattern", "source"])
     url = origin.url("f.bin")
     tid = task_id(url)
-    a = Host(procs, tmp_path / "a" / "home", tmp_path / "a" / "out", "a")
-    d = Host(procs, tmp_path / "d" / "home", tmp_path / "d" / "out", "d")
+    a = make_host(procs, tmp_path / "a" / "home", tmp_path / "a" / "out", "a")
+    d = make_host(procs, tmp_path / "d" / "home", tmp_path / "d" / "out", "d")
     run_a = a.start(url, sn.addr, "--locallimit", "2M")
     wait_until(lambda: pieces_held(sn, tid) >= 2, timeout=60, what="A holding old pieces")
     new = replace_at_origin(www / "f.bin", size, seed=8, scratch=tmp_path)
@@ -439,7 +395,7 @@ def test_an_origin_naming_no_version_is_never_fetched_by_ranges(
     sn = start_supernode(procs, tmp_path / "sn", extra=["--cdn-pattern", "source"])
     url = origin.url("f.bin")
     hosts = [
-        Host(procs, tmp_path / f"h{i}" / "home", tmp_path / f"h{i}" / "out", f"h{i}")
+        make_host(procs, tmp_path / f"h{i}" / "home", tmp_path / f"h{i}" / "out", f"h{i}")
         for i in range(3)
     ]
     runs = [h.start(url, sn.addr) for h in hosts[:2]]
@@ -499,7 +455,7 @@ def test_engine_disk_too_small_fails_before_downloading(procs: Procs, tmp_path: 
     origin = start_origin(procs, tmp_path / "www")
     sn = start_supernode(procs, tmp_path / "sn")
     with tmpfs(tmp_path / "tiny", "8m", procs) as tiny:
-        host = Host(procs, tiny / "home", tmp_path / "out", "h")
+        host = make_host(procs, tiny / "home", tmp_path / "out", "h")
         code, out = host.finish(host.start(origin.url("big.bin"), sn.addr, "--notbs"))
         assert_clean_failure(code, out)
         assert "not enough free space" in out, out
@@ -511,7 +467,7 @@ def test_engine_disk_too_small_fails_before_downloading(procs: Procs, tmp_path: 
         assert view["bytes_by_source"].get("supernode", 0) == 0, view
 
         # output on the tiny disk too, back source allowed: refused before downloading as well
-        tiny_out = Host(procs, tiny / "home", tiny / "out", "h")
+        tiny_out = make_host(procs, tiny / "home", tiny / "out", "h")
         tiny_out.port = host.port
         gets_before = origin.stats()["per_path"].get("big.bin", {}).get("bytes", 0)
         code, out = tiny_out.finish(tiny_out.start(origin.url("big.bin"), sn.addr))
@@ -541,7 +497,7 @@ def test_two_downloads_racing_for_the_last_space(procs: Procs, tmp_path: Path) -
     origin = start_origin(procs, tmp_path / "www")
     sn = start_supernode(procs, tmp_path / "sn")
     with tmpfs(tmp_path / "tiny", "8m", procs) as tiny:
-        host = Host(procs, tiny / "home", tmp_path / "out", "h")
+        host = make_host(procs, tiny / "home", tmp_path / "out", "h")
         # start the engine first, so that both downloads race inside one engine
         code, out = host.finish(host.start(origin.url("s.bin"), sn.addr, output="warm"))
         assert code == 0, out
@@ -572,7 +528,7 @@ def test_output_disk_filling_during_the_download(procs: Procs, tmp_path: Path) -
     origin = start_origin(procs, tmp_path / "www")
     sn = start_supernode(procs, tmp_path / "sn")
     with tmpfs(tmp_path / "tiny", "12m", procs) as tiny:
-        host = Host(procs, tmp_path / "home", tiny / "out", "h")
+        host = make_host(procs, tmp_path / "home", tiny / "out", "h")
         run = host.start(origin.url("f.bin"), sn.addr, "--notbs", "--locallimit", "1M")
         wait_until(lambda: host.track_engine(), timeout=30, what="the engine")
         tid = task_id(origin.url("f.bin"))

@@ -6,23 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 import urllib.error
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from damselfly.core.ids import task_id
 from damselfly.core.nodes import parse_nodes, rendezvous_order
 from damselfly.core.pieces import MiB
 from tests.procs import (
     SUCCESS_RE,
+    Peer,
     Procs,
-    dfget_cmd,
-    engine_status,
     free_port,
     http_get,
     sha256,
@@ -32,51 +28,6 @@ from tests.procs import (
 )
 
 RUN_TIMEOUT = 120.0
-
-
-class Peer:
-    """One host: its own --home and upload --port; dfget runs hand work to its engine."""
-
-    def __init__(self, procs: Procs, root: Path, name: str) -> None:
-        self.procs = procs
-        self.name = name
-        self.home = root / name / "home"
-        self.out_dir = root / name / "out"
-        self.out_dir.mkdir(parents=True)
-        self.port = free_port()
-        self.runs = 0
-
-    def start(self, url: str, nodes: str, *extra: str, output: str = "file.bin"):  # type: ignore[no-untyped-def]
-        self.runs += 1
-        args = dfget_cmd(
-            "--url",
-            url,
-            "--output",
-            str(self.out_dir / output),
-            "--node",
-            nodes,
-            "--home",
-            str(self.home),
-            "--port",
-            str(self.port),
-            "--alivetime",
-            "60s",
-            *extra,
-        )
-        return self.procs.start(f"{self.name}-dfget{self.runs}", args)
-
-    def finish(self, proc, timeout: float = RUN_TIMEOUT) -> tuple[int, str]:  # type: ignore[no-untyped-def]
-        try:
-            code = proc.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{proc.name} did not finish:\n{proc.output()}")
-        self.track_engine()
-        return code, proc.output()
-
-    def track_engine(self) -> None:
-        st = engine_status(self.home)
-        if st is not None:
-            self.procs.track_pid(int(st["pid"]))
 
 
 def metric(text: str, name: str) -> float:
