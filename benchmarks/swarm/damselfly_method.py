@@ -98,24 +98,16 @@ def start_supernode(b: Bench) -> Proc:
         time.sleep(0.1)
 
 
+def start_dfget(b: Bench, host: str, name: str, home: Path, alivetime: str, *args: str) -> Proc:
+    """``dfget <args> --home H --port 15000 --alivetime A`` in ``host``'s namespace."""
+    argv = [*args, "--home", str(home), "--port", str(ENGINE_PORT), "--alivetime", alivetime]
+    return b.procs.start(name, b.topo.py_argv(host, "damselfly.dfget.cli", *argv), env=b.topo.env())
+
+
 def start_engines(b: Bench, homes: dict[str, Path], alivetime: str) -> list[Proc]:
     """``dfget server`` on every peer host; returns once each engine answers on its socket."""
     engines = [
-        b.procs.start(
-            f"engine-{h.name}",
-            b.topo.py_argv(
-                h.name,
-                "damselfly.dfget.cli",
-                "server",
-                "--home",
-                str(homes[h.name]),
-                "--port",
-                str(ENGINE_PORT),
-                "--alivetime",
-                alivetime,
-            ),
-            env=b.topo.env(),
-        )
+        start_dfget(b, h.name, f"engine-{h.name}", homes[h.name], alivetime, "server")
         for h in b.topo.peers
     ]
     deadline = time.monotonic() + 60
@@ -140,26 +132,20 @@ def run_damselfly(b: Bench, *, alivetime: str = "60s") -> dict[str, Any]:
     engine_cpu0 = sum(proc_cpu_s(e.pid) for e in engines)
 
     def start() -> dict[str, Proc]:
+        node = f"{sn.ip}:{SN_PORT}"
         return {
-            h.name: b.procs.start(
+            h.name: start_dfget(
+                b,
+                h.name,
                 f"damselfly-{h.name}",
-                b.topo.py_argv(
-                    h.name,
-                    "damselfly.dfget.cli",
-                    "--url",
-                    b.url,
-                    "--output",
-                    str(outputs[h.name]),
-                    "--node",
-                    f"{sn.ip}:{SN_PORT}",
-                    "--home",
-                    str(homes[h.name]),
-                    "--port",
-                    str(ENGINE_PORT),
-                    "--alivetime",
-                    alivetime,
-                ),
-                env=b.topo.env(),
+                homes[h.name],
+                alivetime,
+                "--url",
+                b.url,
+                "--output",
+                str(outputs[h.name]),
+                "--node",
+                node,
             )
             for h in b.topo.peers
         }
